@@ -1,0 +1,136 @@
+//! Commands for the running system: `plan`, `prepare`, and `shutdown` (the PID-1 mode).
+
+use crate::plan::{self, DeviceTree, PlanOptions};
+use crate::topology::Topology;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "exitrd",
+    version,
+    about = "Shutdown initramfs for initramfs-tools: takes the root storage stack apart at shutdown",
+    long_about = "exitrd is run by systemd-shutdown as /run/initramfs/shutdown after it pivots out of \
+the root file system. It unmounts the old root and closes the devices beneath it (LVM, \
+dm-crypt, MD RAID, loop) in dependency order, then reboots or powers off.\n\n\
+On the running system, 'exitrd plan' shows what that teardown will do."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the storage beneath every mounted file system and the teardown steps, in order.
+    ///
+    /// Reads proc/self/mountinfo, proc/swaps and sys/class/block below --root; needs no
+    /// privileges and changes nothing.
+    Plan {
+        /// Read the system below this directory instead of / (a captured fixture tree).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Plan as the exitrd does at shutdown: everything below /oldroot, including API
+        /// file systems (for trees captured inside the exitrd).
+        #[arg(long)]
+        exitrd_view: bool,
+    },
+    /// Mount a dedicated exec tmpfs on /run/initramfs and copy the payload into it.
+    ///
+    /// Run at boot by the initramfs-tools init-bottom script. Files already in the target
+    /// are kept; an earlier exitrd tmpfs there is replaced in one step.
+    Prepare {
+        /// Directory holding the payload (at least an executable 'shutdown').
+        #[arg(long, value_name = "DIR")]
+        payload: PathBuf,
+        /// Where systemd looks for the exitrd.
+        #[arg(long, value_name = "DIR", default_value = "/run/initramfs")]
+        target: PathBuf,
+    },
+    /// Run the shutdown as PID 1 (what /run/initramfs/shutdown does). Refuses otherwise.
+    Shutdown {
+        /// reboot, poweroff, halt, kexec or exit, then systemd's options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "VERB [OPTIONS]")]
+        args: Vec<String>,
+    },
+}
+
+fn print_tree(t: &DeviceTree, prefix: &str, last: bool, top: bool) {
+    let (branch, cont) = match (top, last) {
+        (true, _) => ("", ""),
+        (false, true) => ("└─ ", "   "),
+        (false, false) => ("├─ ", "│  "),
+    };
+    let label = if t.name == t.device {
+        t.device.clone()
+    } else {
+        format!("{} ({})", t.name, t.device)
+    };
+    println!("{prefix}{branch}{label}: {}", t.what);
+    let child_prefix = format!("{prefix}{cont}");
+    for (i, c) in t.built_on.iter().enumerate() {
+        print_tree(c, &child_prefix, i + 1 == t.built_on.len(), false);
+    }
+}
+
+pub fn plan_command(root: &PathBuf, json: bool, exitrd_view: bool) -> i32 {
+    let topo = match Topology::read(root) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("exitrd: cannot read the system below {}: {e}", root.display());
+            return 2;
+        }
+    };
+    let opts = if exitrd_view {
+        PlanOptions::shutdown()
+    } else {
+        PlanOptions::live()
+    };
+    let p = plan::plan(&topo, &opts);
+    let storage = plan::storage_roots(&topo, &opts);
+    if json {
+        let doc = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "root": root,
+            "scope": p.scope,
+            "storage": storage,
+            "steps": p.steps,
+            "warnings": topo.warnings.iter().chain(p.warnings.iter()).collect::<Vec<_>>(),
+        });
+        match serde_json::to_string_pretty(&doc) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("exitrd: {e}");
+                return 2;
+            }
+        }
+        return 0;
+    }
+    println!("Storage:");
+    if storage.is_empty() {
+        println!("  (no mounted block devices)");
+    }
+    for s in &storage {
+        println!("  {} ({})", s.used_as, s.fstype);
+        print_tree(&s.tree, "    ", true, false);
+    }
+    println!();
+    if exitrd_view {
+        println!("Teardown steps:");
+    } else {
+        println!("Teardown steps at shutdown (these paths are then below /oldroot):");
+    }
+    for (i, step) in p.steps.iter().enumerate() {
+        println!("  {:>2}. {}", i + 1, step.describe());
+    }
+    if p.steps.is_empty() {
+        println!("  (nothing to take down)");
+    }
+    for w in topo.warnings.iter().chain(p.warnings.iter()) {
+        println!("warning: {w}");
+    }
+    0
+}

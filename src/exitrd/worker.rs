@@ -1,0 +1,157 @@
+//! Bounded execution: every operation that can block in the kernel (umount, DM ioctls,
+//! STOP_ARRAY, sync) runs in a forked child. If the child does not finish in time it is
+//! abandoned (it may be stuck in D state and unkillable) and the shutdown goes on.
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, pipe, read, write, ForkResult, Pid};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// True in a forked worker: the panic hook then only ends the worker, never the machine.
+pub fn in_worker() -> bool {
+    IN_WORKER.load(Ordering::Relaxed)
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Done,
+    Failed(io::Error),
+    TimedOut,
+}
+
+impl Outcome {
+    pub fn is_done(&self) -> bool {
+        matches!(self, Outcome::Done)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Done => write!(f, "done"),
+            Outcome::Failed(e) => write!(f, "{e}"),
+            Outcome::TimedOut => write!(f, "timed out (left running in the background)"),
+        }
+    }
+}
+
+/// Runs `op` in a child process and waits at most `timeout` for it.
+///
+/// The child reports failure as its exit code (the errno, or 255) and writes the error
+/// text into a pipe, so the parent can log exactly what the kernel said.
+pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outcome {
+    let Ok((reader, writer)) = pipe() else {
+        // No pipe, no fork either most likely: do it inline rather than not at all.
+        return inline(op);
+    };
+    // SAFETY: the shutdown runtime is single-threaded, so the child inherits no lock held
+    // by another thread; the child only runs `op` and leaves with _exit.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            IN_WORKER.store(true, Ordering::Relaxed);
+            drop(reader);
+            let code = match op() {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = write(&writer, e.to_string().as_bytes());
+                    e.raw_os_error().filter(|c| (1..255).contains(c)).unwrap_or(255)
+                }
+            };
+            // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
+            unsafe { nix::libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(writer);
+            let outcome = wait_for(child, timeout);
+            match outcome {
+                Outcome::Failed(e) => {
+                    let mut buf = [0u8; 512];
+                    let n = read(reader.as_raw_fd(), &mut buf).unwrap_or(0);
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if text.is_empty() {
+                        Outcome::Failed(e)
+                    } else {
+                        Outcome::Failed(io::Error::new(e.kind(), text))
+                    }
+                }
+                other => other,
+            }
+        }
+        Err(_) => inline(op),
+    }
+}
+
+fn inline<F: FnOnce() -> io::Result<()>>(op: F) -> Outcome {
+    match op() {
+        Ok(()) => Outcome::Done,
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+fn wait_for(child: Pid, timeout: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, 0)) => return Outcome::Done,
+            Ok(WaitStatus::Exited(_, 255)) => {
+                return Outcome::Failed(io::Error::other("failed"));
+            }
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Outcome::Failed(io::Error::from_raw_os_error(code));
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Outcome::Failed(io::Error::other(format!("worker killed by {sig}")));
+            }
+            Ok(_) => {}
+            Err(e) => return Outcome::Failed(io::Error::other(format!("waitpid: {e}"))),
+        }
+        if start.elapsed() >= timeout {
+            // May not die if it sits in D state; reap_all() collects it if it ever does.
+            let _ = kill(child, Signal::SIGKILL);
+            return Outcome::TimedOut;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Collects every exited child (PID 1 inherits all orphans). Returns how many were reaped.
+pub fn reap_all() -> usize {
+    let mut n = 0;
+    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if matches!(status, WaitStatus::StillAlive) {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn done_failed_and_timed_out() {
+        assert!(bounded(Duration::from_secs(5), || Ok(())).is_done());
+        match bounded(Duration::from_secs(5), || {
+            Err(io::Error::from_raw_os_error(nix::libc::EBUSY))
+        }) {
+            Outcome::Failed(e) => assert!(e.to_string().contains("busy"), "{e}"),
+            other => panic!("expected failure, got {other}"),
+        }
+        let start = Instant::now();
+        let outcome = bounded(Duration::from_millis(200), || {
+            std::thread::sleep(Duration::from_secs(30));
+            Ok(())
+        });
+        assert!(matches!(outcome, Outcome::TimedOut));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,62 @@
+//! exitrd: one binary, several names. As `shutdown` (the name systemd executes in
+//! /run/initramfs) it is the PID-1 shutdown runtime; as `exitrd` it takes subcommands.
+
+mod cli;
+mod exitrd;
+mod payload;
+mod plan;
+mod teardown;
+mod topology;
+
+use clap::Parser;
+use std::path::Path;
+
+fn refuse_unless_pid1() {
+    if std::process::id() != 1 {
+        eprintln!(
+            "exitrd: shutdown mode runs only as PID 1 inside systemd's exitrd pivot \
+             (it would end every process and power off); refusing"
+        );
+        std::process::exit(2);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let called_as = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if called_as == "shutdown" {
+        refuse_unless_pid1();
+        exitrd::run(&args[1..]);
+    }
+    let cli = cli::Cli::parse();
+    let code = match cli.command {
+        cli::Command::Plan {
+            root,
+            json,
+            exitrd_view,
+        } => cli::plan_command(&root, json, exitrd_view),
+        cli::Command::Prepare { payload, target } => match payload::prepare(&payload, &target) {
+            Ok(summary) => {
+                eprintln!("exitrd: {summary}");
+                0
+            }
+            Err(e) => {
+                eprintln!(
+                    "exitrd: warning: could not prepare {}: {e}; the next shutdown will not \
+                     take the storage stack apart",
+                    target.display()
+                );
+                1
+            }
+        },
+        cli::Command::Shutdown { args } => {
+            refuse_unless_pid1();
+            exitrd::run(&args)
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,168 @@
+//! Putting the payload in place at boot: a dedicated tmpfs on `/run/initramfs`.
+//!
+//! Debian mounts `/run` noexec, so systemd's `access("/run/initramfs/shutdown", X_OK)`
+//! fails and it silently skips the exitrd. A tmpfs of our own (exec, nosuid, nodev, 0700)
+//! fixes that. It is filled beside the target and then moved over it in one step, so the
+//! target is never half-written; files already in `/run/initramfs` (fsck logs) are kept.
+
+use crate::topology::mountinfo;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Room above the payload itself, for files other boot code may still add.
+const SLACK_BYTES: u64 = 1 << 20;
+
+fn tree_size(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_size(&e.path()) + 4096,
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len().div_ceil(4096) * 4096).unwrap_or(0),
+            _ => 4096,
+        })
+        .sum()
+}
+
+/// Copies `src` into `dst` (which exists), keeping modes and symlinks.
+fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            let _ = fs::remove_file(&to);
+            symlink(fs::read_link(&from)?, &to)?;
+        } else if kind.is_dir() {
+            fs::create_dir_all(&to)?;
+            fs::set_permissions(&to, entry.metadata()?.permissions())?;
+            copy_tree(&from, &to)?;
+        } else if kind.is_file() {
+            fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let (mounts, _) = mountinfo::parse_lenient(&text);
+    mounts.iter().any(|m| Path::new(&m.mount_point) == path)
+}
+
+fn context(what: impl std::fmt::Display) -> impl FnOnce(nix::Error) -> io::Error {
+    move |e| io::Error::from_raw_os_error(e as i32).with_context(what)
+}
+
+trait WithContext {
+    fn with_context(self, what: impl std::fmt::Display) -> io::Error;
+}
+
+impl WithContext for io::Error {
+    fn with_context(self, what: impl std::fmt::Display) -> io::Error {
+        io::Error::new(self.kind(), format!("{what}: {self}"))
+    }
+}
+
+/// Builds the exitrd in `target` from the files in `payload` (which must hold an
+/// executable `shutdown`). Returns a one-line summary.
+pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
+    let shutdown = payload.join("shutdown");
+    let meta = fs::metadata(&shutdown)
+        .map_err(|e| e.with_context(format!("{}", shutdown.display())))?;
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not executable", shutdown.display()),
+        ));
+    }
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "initramfs".into());
+    let staging: PathBuf = parent.join(format!(".{name}.exitrd-new"));
+    let retired: PathBuf = parent.join(format!(".{name}.exitrd-old"));
+    fs::create_dir_all(target)?;
+    let _ = fs::create_dir(&staging);
+    let size = tree_size(payload) + tree_size(target) + SLACK_BYTES;
+    let options = format!("mode=0700,size={}k", size.div_ceil(1024));
+    mount(
+        Some("exitrd"),
+        &staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(context(format!("mount tmpfs on {}", staging.display())))?;
+    let filled = copy_tree(target, &staging).and_then(|()| copy_tree(payload, &staging));
+    if let Err(e) = filled {
+        let _ = umount2(&staging, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&staging);
+        return Err(e.with_context(format!("copy into {}", staging.display())));
+    }
+    // An earlier exitrd tmpfs is moved aside and dropped once the new one is in place.
+    let replacing = is_mount_point(target);
+    if replacing {
+        let _ = fs::create_dir(&retired);
+        mount(Some(target), &retired, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(context(format!("move {} aside", target.display())))?;
+    }
+    mount(Some(&staging), target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(context(format!("move the new tmpfs onto {}", target.display())))?;
+    let _ = fs::remove_dir(&staging);
+    if replacing {
+        let _ = umount2(&retired, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&retired);
+    }
+    Ok(format!(
+        "{} is a dedicated exec tmpfs ({} KiB) with {}: the next shutdown will pivot into it",
+        target.display(),
+        size.div_ceil(1024),
+        if replacing { "a refreshed payload" } else { "the payload" }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_tree_keeps_modes_and_symlinks_and_size_counts_blocks() {
+        let base = std::env::temp_dir().join(format!("exitrd-copy-{}", std::process::id()));
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        fs::create_dir_all(src.join("hooks")).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        fs::write(src.join("exitrd"), b"#!binary").unwrap();
+        fs::set_permissions(src.join("exitrd"), fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("exitrd", src.join("shutdown")).unwrap();
+        fs::write(src.join("hooks/a"), b"x").unwrap();
+        copy_tree(&src, &dst).unwrap();
+        assert_eq!(fs::read_link(dst.join("shutdown")).unwrap(), Path::new("exitrd"));
+        assert_eq!(fs::metadata(dst.join("exitrd")).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(fs::read(dst.join("hooks/a")).unwrap(), b"x");
+        // two one-block files, one directory, one symlink
+        assert_eq!(tree_size(&src), 4 * 4096);
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_payload_without_an_executable_shutdown() {
+        let base = std::env::temp_dir().join(format!("exitrd-nopayload-{}", std::process::id()));
+        fs::create_dir_all(&base).unwrap();
+        let err = prepare(&base, &base.join("target")).unwrap_err();
+        assert!(err.to_string().contains("shutdown"), "{err}");
+        fs::write(base.join("shutdown"), b"x").unwrap();
+        let err = prepare(&base, &base.join("target")).unwrap_err();
+        assert!(err.to_string().contains("not executable"), "{err}");
+        fs::remove_dir_all(&base).unwrap();
+    }
+}

@@ -1,0 +1,455 @@
+//! The planner: from a [`Topology`] to the ordered teardown steps. Pure: no I/O.
+//!
+//! Everything to take down is a node in one dependency graph: swaps, mounts and block
+//! devices. An edge `a -> b` means "a must be gone before b can go":
+//! - a mount before the mount it sits on (parent mount id), and before its source device;
+//! - a swap before its device, or before the mount holding its swap file;
+//! - a device before the devices it is built on (sysfs `holders/`), a partition before its
+//!   disk;
+//! - a loop device before the mount holding its backing file (live systems: the squashfs
+//!   loop goes before the boot medium is unmounted).
+//!
+//! A topological sort of that graph is the plan. Ties are broken for readability: swaps,
+//! then mounts deepest first, then devices top-down stack by stack. Only closable devices
+//! (DM, MD, bound loop) become steps; disks and partitions are only passed through.
+
+use crate::topology::block::{BlockDev, DevKind, DmKind};
+use crate::topology::Topology;
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// File systems that are kernel interfaces or memory, shown only at shutdown where all of
+/// `/oldroot` has to go; on a live system they would bury the storage stack in noise.
+const API_FSTYPES: &[&str] = &[
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fusectl",
+    "hugetlbfs",
+    "mqueue",
+    "nsfs",
+    "proc",
+    "pstore",
+    "ramfs",
+    "rpc_pipefs",
+    "securityfs",
+    "sysfs",
+    "tmpfs",
+    "tracefs",
+];
+
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Only mounts at or below this path are taken down: `/` for the live view,
+    /// `/oldroot` inside the exitrd.
+    pub scope: String,
+    /// Leave out API and memory file systems (the live view).
+    pub skip_api_mounts: bool,
+}
+
+impl PlanOptions {
+    pub fn live() -> Self {
+        PlanOptions {
+            scope: "/".into(),
+            skip_api_mounts: true,
+        }
+    }
+
+    pub fn shutdown() -> Self {
+        PlanOptions {
+            scope: "/oldroot".into(),
+            skip_api_mounts: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Step {
+    SwapOff {
+        path: String,
+        device: Option<String>,
+    },
+    Unmount {
+        mount_point: String,
+        fstype: String,
+        source: String,
+        device: Option<String>,
+    },
+    RemoveDm {
+        device: String,
+        name: String,
+        kind: DmKind,
+    },
+    StopMd {
+        device: String,
+        level: String,
+    },
+    DetachLoop {
+        device: String,
+        backing_file: String,
+    },
+}
+
+impl Step {
+    /// One line for humans: what will be done to what.
+    pub fn describe(&self) -> String {
+        match self {
+            Step::SwapOff { path, .. } => format!("swapoff {path}"),
+            Step::Unmount {
+                mount_point,
+                fstype,
+                source,
+                ..
+            } => format!("unmount {mount_point} ({fstype} on {source})"),
+            Step::RemoveDm { device, name, kind } => match kind {
+                DmKind::Lvm => format!("remove LVM volume {name} ({device})"),
+                DmKind::Crypt => format!("close dm-crypt mapping {name} ({device}), key wiped"),
+                DmKind::Other => format!("remove device-mapper device {name} ({device})"),
+            },
+            Step::StopMd { device, level } => format!("stop MD array {device} ({level})"),
+            Step::DetachLoop {
+                device,
+                backing_file,
+            } => format!("detach loop device {device} from {backing_file}"),
+        }
+    }
+
+    /// The kernel block device this step closes, if it closes one.
+    pub fn closes_device(&self) -> Option<&str> {
+        match self {
+            Step::RemoveDm { device, .. }
+            | Step::StopMd { device, .. }
+            | Step::DetachLoop { device, .. } => Some(device),
+            Step::SwapOff { .. } | Step::Unmount { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub scope: String,
+    pub steps: Vec<Step>,
+    /// Set when the graph had a cycle (should never happen); the steps are still complete.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Node {
+    Swap(usize),
+    Mount(usize),
+    Device(usize),
+}
+
+pub fn in_scope(path: &str, scope: &str) -> bool {
+    let scope = scope.trim_end_matches('/');
+    scope.is_empty() || path == scope || path.starts_with(&format!("{scope}/"))
+}
+
+/// The mount (index into `mounts`, restricted to `candidates`) holding `path`: the one
+/// with the longest mount point that is a prefix of it.
+fn mount_holding(topo: &Topology, candidates: &[usize], path: &str) -> Option<usize> {
+    candidates
+        .iter()
+        .copied()
+        .filter(|&i| in_scope(path, &topo.mounts[i].mount_point))
+        .max_by_key(|&i| (topo.mounts[i].mount_point.len(), topo.mounts[i].id))
+}
+
+/// The mounts the plan takes down, in mountinfo order.
+pub fn mounts_in_scope(topo: &Topology, opts: &PlanOptions) -> Vec<usize> {
+    topo.mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| in_scope(&m.mount_point, &opts.scope))
+        .filter(|(_, m)| !(opts.skip_api_mounts && API_FSTYPES.contains(&m.fstype.as_str())))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
+    let mounts = mounts_in_scope(topo, opts);
+    let devices: Vec<&BlockDev> = topo.devices.values().collect();
+    let device_index: BTreeMap<&str, usize> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.name.as_str(), i))
+        .collect();
+
+    let mut nodes: Vec<Node> = Vec::new();
+    nodes.extend((0..topo.swaps.len()).map(Node::Swap));
+    nodes.extend(mounts.iter().map(|&i| Node::Mount(i)));
+    nodes.extend((0..devices.len()).map(Node::Device));
+    let node_index: BTreeMap<Node, usize> = nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut successors: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    let mut indegree = vec![0usize; nodes.len()];
+    let mut before = |a: Node, b: Node| {
+        if let (Some(&a), Some(&b)) = (node_index.get(&a), node_index.get(&b)) {
+            if a != b {
+                successors[a].push(b);
+                indegree[b] += 1;
+            }
+        }
+    };
+    let dev_node = |name: &str| device_index.get(name).map(|&i| Node::Device(i));
+    let mount_by_id: BTreeMap<u32, usize> = mounts.iter().map(|&i| (topo.mounts[i].id, i)).collect();
+
+    for &i in &mounts {
+        let m = &topo.mounts[i];
+        if let Some(&p) = mount_by_id.get(&m.parent) {
+            before(Node::Mount(i), Node::Mount(p));
+        }
+        if let Some(d) = topo.device_by_number(m.major, m.minor).filter(|_| m.is_block_backed()) {
+            if let Some(n) = dev_node(&d.name) {
+                before(Node::Mount(i), n);
+            }
+        }
+    }
+    for (s, swap) in topo.swaps.iter().enumerate() {
+        match topo.device_by_path(&swap.path) {
+            Some(d) => {
+                if let Some(n) = dev_node(&d.name) {
+                    before(Node::Swap(s), n);
+                }
+            }
+            None => {
+                if let Some(m) = mount_holding(topo, &mounts, &swap.path) {
+                    before(Node::Swap(s), Node::Mount(m));
+                }
+            }
+        }
+    }
+    for (i, d) in devices.iter().enumerate() {
+        for h in &d.holders {
+            if let Some(n) = dev_node(h) {
+                before(n, Node::Device(i));
+            }
+        }
+        match &d.kind {
+            DevKind::Partition {
+                parent: Some(parent),
+            } => {
+                if let Some(n) = dev_node(parent) {
+                    before(Node::Device(i), n);
+                }
+            }
+            DevKind::Loop {
+                backing_file: Some(file),
+            } => {
+                if let Some(m) = mount_holding(topo, &mounts, file) {
+                    before(Node::Device(i), Node::Mount(m));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // Readability ranks: devices are numbered stack by stack, walking down from each
+    // mounted device in unmount order, so one stack's steps stay together.
+    let mut device_rank: Vec<Option<usize>> = vec![None; devices.len()];
+    let mut next_rank = 0;
+    let mut mounts_deepest_first = mounts.clone();
+    mounts_deepest_first.reverse();
+    let mut stack: Vec<usize> = Vec::new();
+    let tops = mounts_deepest_first
+        .iter()
+        .filter_map(|&i| {
+            let m = &topo.mounts[i];
+            topo.device_by_number(m.major, m.minor).filter(|_| m.is_block_backed())
+        })
+        .chain(topo.swaps.iter().filter_map(|s| topo.device_by_path(&s.path)))
+        .chain(devices.iter().copied());
+    for top in tops {
+        stack.push(device_index[top.name.as_str()]);
+        while let Some(d) = stack.pop() {
+            if device_rank[d].is_some() {
+                continue;
+            }
+            device_rank[d] = Some(next_rank);
+            next_rank += 1;
+            for s in devices[d].slaves.iter().rev() {
+                if let Some(&j) = device_index.get(s.as_str()) {
+                    stack.push(j);
+                }
+            }
+        }
+    }
+    let priority = |n: Node| -> (u8, usize) {
+        match n {
+            Node::Swap(s) => (0, s),
+            // Later mounts sit on earlier ones: reverse mountinfo order.
+            Node::Mount(i) => (1, topo.mounts.len() - i),
+            Node::Device(d) => (2, device_rank[d].unwrap_or(usize::MAX)),
+        }
+    };
+
+    let mut ready: BinaryHeap<Reverse<((u8, usize), usize)>> = BinaryHeap::new();
+    for (i, &n) in nodes.iter().enumerate() {
+        if indegree[i] == 0 {
+            ready.push(Reverse((priority(n), i)));
+        }
+    }
+    let mut order = Vec::with_capacity(nodes.len());
+    let mut done = vec![false; nodes.len()];
+    let mut warnings = Vec::new();
+    loop {
+        while let Some(Reverse((_, i))) = ready.pop() {
+            if done[i] {
+                continue;
+            }
+            done[i] = true;
+            order.push(nodes[i]);
+            for &s in &successors[i] {
+                if done[s] {
+                    continue;
+                }
+                indegree[s] = indegree[s].saturating_sub(1);
+                if indegree[s] == 0 {
+                    ready.push(Reverse((priority(nodes[s]), s)));
+                }
+            }
+        }
+        // A cycle leaves nodes behind: release the most urgent one and go on, so the
+        // plan is always complete.
+        let Some(i) = (0..nodes.len())
+            .filter(|&i| !done[i])
+            .min_by_key(|&i| priority(nodes[i]))
+        else {
+            break;
+        };
+        warnings.push(format!("dependency cycle broken at {:?}", nodes[i]));
+        indegree[i] = 0;
+        ready.push(Reverse((priority(nodes[i]), i)));
+    }
+
+    let steps = order
+        .into_iter()
+        .filter_map(|n| match n {
+            Node::Swap(s) => {
+                let swap = &topo.swaps[s];
+                Some(Step::SwapOff {
+                    path: swap.path.clone(),
+                    device: topo.device_by_path(&swap.path).map(|d| d.name.clone()),
+                })
+            }
+            Node::Mount(i) => {
+                let m = &topo.mounts[i];
+                Some(Step::Unmount {
+                    mount_point: m.mount_point.clone(),
+                    fstype: m.fstype.clone(),
+                    source: m.source.clone(),
+                    device: topo
+                        .device_by_number(m.major, m.minor)
+                        .filter(|_| m.is_block_backed())
+                        .map(|d| d.name.clone()),
+                })
+            }
+            Node::Device(d) => device_step(devices[d]),
+        })
+        .collect();
+    Plan {
+        scope: opts.scope.clone(),
+        steps,
+        warnings,
+    }
+}
+
+fn device_step(d: &BlockDev) -> Option<Step> {
+    match &d.kind {
+        DevKind::Dm { name, kind, .. } => Some(Step::RemoveDm {
+            device: d.name.clone(),
+            name: if name.is_empty() { d.name.clone() } else { name.clone() },
+            kind: *kind,
+        }),
+        DevKind::Md { level } => Some(Step::StopMd {
+            device: d.name.clone(),
+            level: level.clone(),
+        }),
+        DevKind::Loop {
+            backing_file: Some(file),
+        } => Some(Step::DetachLoop {
+            device: d.name.clone(),
+            backing_file: file.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// One node of the storage tree shown by `exitrd plan`: a device and what it is built on.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceTree {
+    pub device: String,
+    pub name: String,
+    pub what: String,
+    pub built_on: Vec<DeviceTree>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StorageRoot {
+    /// A mount point, or `swap` for a swap device.
+    pub used_as: String,
+    pub fstype: String,
+    pub tree: DeviceTree,
+}
+
+fn device_tree(topo: &Topology, d: &BlockDev, depth: usize) -> DeviceTree {
+    let mut below: Vec<&BlockDev> = d
+        .slaves
+        .iter()
+        .filter_map(|s| topo.devices.get(s))
+        .collect();
+    if let DevKind::Partition {
+        parent: Some(parent),
+    } = &d.kind
+    {
+        below.extend(topo.devices.get(parent));
+    }
+    DeviceTree {
+        device: d.name.clone(),
+        name: d.display_name().to_string(),
+        what: d.describe(),
+        // Depth bound: sysfs cannot loop, but a hand-made fixture could.
+        built_on: if depth > 32 {
+            Vec::new()
+        } else {
+            below.into_iter().map(|b| device_tree(topo, b, depth + 1)).collect()
+        },
+    }
+}
+
+/// The storage beneath every mounted block file system and swap device in scope.
+pub fn storage_roots(topo: &Topology, opts: &PlanOptions) -> Vec<StorageRoot> {
+    let mut roots: Vec<StorageRoot> = mounts_in_scope(topo, opts)
+        .into_iter()
+        .map(|i| &topo.mounts[i])
+        .filter(|m| m.is_block_backed())
+        .filter_map(|m| {
+            let d = topo.device_by_number(m.major, m.minor)?;
+            Some(StorageRoot {
+                used_as: m.mount_point.clone(),
+                fstype: m.fstype.clone(),
+                tree: device_tree(topo, d, 0),
+            })
+        })
+        .collect();
+    roots.extend(topo.swaps.iter().filter_map(|s| {
+        let d = topo.device_by_path(&s.path)?;
+        Some(StorageRoot {
+            used_as: "swap".into(),
+            fstype: "swap".into(),
+            tree: device_tree(topo, d, 0),
+        })
+    }));
+    roots
+}
+
+#[cfg(test)]
+mod tests;

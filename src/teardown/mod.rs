@@ -1,0 +1,5 @@
+pub mod devnode;
+pub mod dm;
+pub mod loopdev;
+pub mod md;
+pub mod swap;

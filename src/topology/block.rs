@@ -1,0 +1,225 @@
+//! The block device graph from sysfs: `sys/class/block/<name>/` with `dev`, `holders/`,
+//! `slaves/`, and the per-driver directories `dm/`, `md/`, `loop/`.
+//!
+//! Only names are read from `holders/` and `slaves/`, so fixtures can store them as empty
+//! files instead of symlinks.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DmKind {
+    /// An LVM logical volume (uuid `LVM-...`), including its hidden sub-volumes.
+    Lvm,
+    /// A dm-crypt mapping (uuid `CRYPT-...`), LUKS or plain.
+    Crypt,
+    /// Multipath, kpartx partitions, hand-made tables.
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum DevKind {
+    Disk,
+    Partition {
+        parent: Option<String>,
+    },
+    Dm {
+        name: String,
+        uuid: String,
+        kind: DmKind,
+    },
+    Md {
+        level: String,
+    },
+    Loop {
+        /// `None` when the loop device is not bound to a file (nothing to detach).
+        backing_file: Option<String>,
+    },
+    Nbd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlockDev {
+    /// Kernel name, as in `/sys/class/block` (`dm-0`, `md0`, `vda1`).
+    pub name: String,
+    pub major: u32,
+    pub minor: u32,
+    pub kind: DevKind,
+    /// Devices stacked on this one (they must be closed first).
+    pub holders: Vec<String>,
+    /// Devices this one is built on.
+    pub slaves: Vec<String>,
+}
+
+impl BlockDev {
+    /// The name an admin knows: the DM name for device-mapper devices, else the kernel name.
+    pub fn display_name(&self) -> &str {
+        match &self.kind {
+            DevKind::Dm { name, .. } if !name.is_empty() => name,
+            _ => &self.name,
+        }
+    }
+
+    /// Whether exitrd has a way to close this device at shutdown.
+    pub fn is_closable(&self) -> bool {
+        match &self.kind {
+            DevKind::Dm { .. } | DevKind::Md { .. } => true,
+            DevKind::Loop { backing_file } => backing_file.is_some(),
+            DevKind::Disk | DevKind::Partition { .. } | DevKind::Nbd => false,
+        }
+    }
+
+    /// A short description of what this device is, for humans.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            DevKind::Disk => "disk".into(),
+            DevKind::Partition { .. } => "partition".into(),
+            DevKind::Dm { kind, uuid, .. } => match kind {
+                DmKind::Lvm => "LVM logical volume".into(),
+                DmKind::Crypt if uuid.starts_with("CRYPT-LUKS") => {
+                    format!("dm-crypt {}", uuid.split('-').nth(1).unwrap_or("LUKS"))
+                }
+                DmKind::Crypt => "dm-crypt".into(),
+                DmKind::Other => "device-mapper".into(),
+            },
+            DevKind::Md { level } => format!("MD {level}"),
+            DevKind::Loop { backing_file } => match backing_file {
+                Some(f) => format!("loop on {f}"),
+                None => "loop (unbound)".into(),
+            },
+            DevKind::Nbd => "network block device".into(),
+        }
+    }
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+fn list_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn dm_kind(uuid: &str) -> DmKind {
+    if uuid.starts_with("LVM-") {
+        DmKind::Lvm
+    } else if uuid.starts_with("CRYPT-") {
+        DmKind::Crypt
+    } else {
+        DmKind::Other
+    }
+}
+
+/// The disk a partition belongs to. On a live system `sys/class/block/<part>` is a symlink
+/// into the disk's directory; fixtures store plain directories, so fall back to the naming
+/// rules (`vda1` -> `vda`, `nvme0n1p1`/`loop0p1` -> `nvme0n1`/`loop0`).
+fn partition_parent(class_dir: &Path, name: &str, known: &dyn Fn(&str) -> bool) -> Option<String> {
+    if let Ok(target) = fs::read_link(class_dir.join(name)) {
+        if let Some(parent) = target.parent().and_then(|p| p.file_name()) {
+            let parent = parent.to_string_lossy().into_owned();
+            if parent != "block" {
+                return Some(parent);
+            }
+        }
+    }
+    let stem = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    if stem.len() == name.len() {
+        return None;
+    }
+    if known(stem) {
+        return Some(stem.to_string());
+    }
+    let stem = stem.strip_suffix('p')?;
+    known(stem).then(|| stem.to_string())
+}
+
+/// Reads every block device under `root/sys/class/block`. A missing directory yields an
+/// empty graph; unreadable entries are skipped.
+pub fn read(root: &Path) -> BTreeMap<String, BlockDev> {
+    let class_dir = root.join("sys/class/block");
+    let names = list_names(&class_dir);
+    let known = |n: &str| names.iter().any(|x| x == n);
+    let mut devs = BTreeMap::new();
+    for name in &names {
+        let dir = class_dir.join(name);
+        let Some((major, minor)) = read_trimmed(&dir.join("dev")).and_then(|d| {
+            let (a, b) = d.split_once(':')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        }) else {
+            continue;
+        };
+        let kind = if dir.join("dm").is_dir() {
+            let uuid = read_trimmed(&dir.join("dm/uuid")).unwrap_or_default();
+            DevKind::Dm {
+                name: read_trimmed(&dir.join("dm/name")).unwrap_or_default(),
+                kind: dm_kind(&uuid),
+                uuid,
+            }
+        } else if dir.join("md").is_dir() {
+            DevKind::Md {
+                level: read_trimmed(&dir.join("md/level")).unwrap_or_default(),
+            }
+        } else if name.starts_with("loop") && !dir.join("partition").exists() {
+            DevKind::Loop {
+                backing_file: read_trimmed(&dir.join("loop/backing_file")).filter(|s| !s.is_empty()),
+            }
+        } else if dir.join("partition").exists() {
+            DevKind::Partition {
+                parent: partition_parent(&class_dir, name, &known),
+            }
+        } else if name.starts_with("nbd") {
+            DevKind::Nbd
+        } else {
+            DevKind::Disk
+        };
+        devs.insert(
+            name.clone(),
+            BlockDev {
+                name: name.clone(),
+                major,
+                minor,
+                kind,
+                holders: list_names(&dir.join("holders")),
+                slaves: list_names(&dir.join("slaves")),
+            },
+        );
+    }
+    devs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_parent_by_name_rules() {
+        let names = ["vda", "nvme0n1", "loop0", "md0"];
+        let known = |n: &str| names.contains(&n);
+        let dir = Path::new("/nonexistent");
+        assert_eq!(partition_parent(dir, "vda1", &known).as_deref(), Some("vda"));
+        assert_eq!(partition_parent(dir, "nvme0n1p2", &known).as_deref(), Some("nvme0n1"));
+        assert_eq!(partition_parent(dir, "loop0p1", &known).as_deref(), Some("loop0"));
+        assert_eq!(partition_parent(dir, "md0p1", &known).as_deref(), Some("md0"));
+        assert_eq!(partition_parent(dir, "sdz1", &known), None);
+    }
+
+    #[test]
+    fn dm_kinds_from_uuid() {
+        assert_eq!(dm_kind("LVM-abc"), DmKind::Lvm);
+        assert_eq!(dm_kind("CRYPT-LUKS2-0123-md0_crypt"), DmKind::Crypt);
+        assert_eq!(dm_kind("mpath-3600"), DmKind::Other);
+        assert_eq!(dm_kind(""), DmKind::Other);
+    }
+}
