@@ -53,7 +53,11 @@ pub enum Command {
     /// Run the shutdown as PID 1 (what /run/initramfs/shutdown does). Refuses otherwise.
     Shutdown {
         /// reboot, poweroff, halt, kexec or exit, then systemd's options.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "VERB [OPTIONS]")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "VERB [OPTIONS]"
+        )]
         args: Vec<String>,
     },
 }
@@ -80,7 +84,10 @@ pub fn plan_command(root: &PathBuf, json: bool, exitrd_view: bool) -> i32 {
     let topo = match Topology::read(root) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("exitrd: cannot read the system below {}: {e}", root.display());
+            eprintln!(
+                "exitrd: cannot read the system below {}: {e}",
+                root.display()
+            );
             return 2;
         }
     };

@@ -1,14 +1,8 @@
 //! exitrd: one binary, several names. As `shutdown` (the name systemd executes in
 //! /run/initramfs) it is the PID-1 shutdown runtime; as `exitrd` it takes subcommands.
 
-mod cli;
-mod exitrd;
-mod payload;
-mod plan;
-mod teardown;
-mod topology;
-
 use clap::Parser;
+use exitrd::{cli, payload, runtime};
 use std::path::Path;
 
 fn refuse_unless_pid1() {
@@ -30,7 +24,7 @@ fn main() {
         .unwrap_or_default();
     if called_as == "shutdown" {
         refuse_unless_pid1();
-        exitrd::run(&args[1..]);
+        runtime::run(&args[1..]);
     }
     let cli = cli::Cli::parse();
     let code = match cli.command {
@@ -55,7 +49,7 @@ fn main() {
         },
         cli::Command::Shutdown { args } => {
             refuse_unless_pid1();
-            exitrd::run(&args)
+            runtime::run(&args)
         }
     };
     std::process::exit(code);

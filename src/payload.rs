@@ -23,7 +23,10 @@ fn tree_size(dir: &Path) -> u64 {
         .filter_map(|e| e.ok())
         .map(|e| match e.file_type() {
             Ok(t) if t.is_dir() => tree_size(&e.path()) + 4096,
-            Ok(t) if t.is_file() => e.metadata().map(|m| m.len().div_ceil(4096) * 4096).unwrap_or(0),
+            Ok(t) if t.is_file() => e
+                .metadata()
+                .map(|m| m.len().div_ceil(4096) * 4096)
+                .unwrap_or(0),
             _ => 4096,
         })
         .sum()
@@ -76,8 +79,8 @@ impl WithContext for io::Error {
 /// executable `shutdown`). Returns a one-line summary.
 pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
     let shutdown = payload.join("shutdown");
-    let meta = fs::metadata(&shutdown)
-        .map_err(|e| e.with_context(format!("{}", shutdown.display())))?;
+    let meta =
+        fs::metadata(&shutdown).map_err(|e| e.with_context(format!("{}", shutdown.display())))?;
     if meta.permissions().mode() & 0o111 == 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -113,11 +116,26 @@ pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
     let replacing = is_mount_point(target);
     if replacing {
         let _ = fs::create_dir(&retired);
-        mount(Some(target), &retired, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(context(format!("move {} aside", target.display())))?;
+        mount(
+            Some(target),
+            &retired,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(context(format!("move {} aside", target.display())))?;
     }
-    mount(Some(&staging), target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(context(format!("move the new tmpfs onto {}", target.display())))?;
+    mount(
+        Some(&staging),
+        target,
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(context(format!(
+        "move the new tmpfs onto {}",
+        target.display()
+    )))?;
     let _ = fs::remove_dir(&staging);
     if replacing {
         let _ = umount2(&retired, MntFlags::MNT_DETACH);
@@ -127,7 +145,11 @@ pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
         "{} is a dedicated exec tmpfs ({} KiB) with {}: the next shutdown will pivot into it",
         target.display(),
         size.div_ceil(1024),
-        if replacing { "a refreshed payload" } else { "the payload" }
+        if replacing {
+            "a refreshed payload"
+        } else {
+            "the payload"
+        }
     ))
 }
 
@@ -146,8 +168,18 @@ mod tests {
         symlink("exitrd", src.join("shutdown")).unwrap();
         fs::write(src.join("hooks/a"), b"x").unwrap();
         copy_tree(&src, &dst).unwrap();
-        assert_eq!(fs::read_link(dst.join("shutdown")).unwrap(), Path::new("exitrd"));
-        assert_eq!(fs::metadata(dst.join("exitrd")).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::read_link(dst.join("shutdown")).unwrap(),
+            Path::new("exitrd")
+        );
+        assert_eq!(
+            fs::metadata(dst.join("exitrd"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
         assert_eq!(fs::read(dst.join("hooks/a")).unwrap(), b"x");
         // two one-block files, one directory, one symlink
         assert_eq!(tree_size(&src), 4 * 4096);

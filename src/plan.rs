@@ -188,7 +188,8 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
     nodes.extend((0..topo.swaps.len()).map(Node::Swap));
     nodes.extend(mounts.iter().map(|&i| Node::Mount(i)));
     nodes.extend((0..devices.len()).map(Node::Device));
-    let node_index: BTreeMap<Node, usize> = nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let node_index: BTreeMap<Node, usize> =
+        nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let mut successors: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     let mut indegree = vec![0usize; nodes.len()];
     let mut before = |a: Node, b: Node| {
@@ -200,14 +201,18 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
         }
     };
     let dev_node = |name: &str| device_index.get(name).map(|&i| Node::Device(i));
-    let mount_by_id: BTreeMap<u32, usize> = mounts.iter().map(|&i| (topo.mounts[i].id, i)).collect();
+    let mount_by_id: BTreeMap<u32, usize> =
+        mounts.iter().map(|&i| (topo.mounts[i].id, i)).collect();
 
     for &i in &mounts {
         let m = &topo.mounts[i];
         if let Some(&p) = mount_by_id.get(&m.parent) {
             before(Node::Mount(i), Node::Mount(p));
         }
-        if let Some(d) = topo.device_by_number(m.major, m.minor).filter(|_| m.is_block_backed()) {
+        if let Some(d) = topo
+            .device_by_number(m.major, m.minor)
+            .filter(|_| m.is_block_backed())
+        {
             if let Some(n) = dev_node(&d.name) {
                 before(Node::Mount(i), n);
             }
@@ -263,9 +268,14 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
         .iter()
         .filter_map(|&i| {
             let m = &topo.mounts[i];
-            topo.device_by_number(m.major, m.minor).filter(|_| m.is_block_backed())
+            topo.device_by_number(m.major, m.minor)
+                .filter(|_| m.is_block_backed())
         })
-        .chain(topo.swaps.iter().filter_map(|s| topo.device_by_path(&s.path)))
+        .chain(
+            topo.swaps
+                .iter()
+                .filter_map(|s| topo.device_by_path(&s.path)),
+        )
         .chain(devices.iter().copied());
     for top in tops {
         stack.push(device_index[top.name.as_str()]);
@@ -366,7 +376,11 @@ fn device_step(d: &BlockDev) -> Option<Step> {
     match &d.kind {
         DevKind::Dm { name, kind, .. } => Some(Step::RemoveDm {
             device: d.name.clone(),
-            name: if name.is_empty() { d.name.clone() } else { name.clone() },
+            name: if name.is_empty() {
+                d.name.clone()
+            } else {
+                name.clone()
+            },
             kind: *kind,
         }),
         DevKind::Md { level } => Some(Step::StopMd {
@@ -420,7 +434,10 @@ fn device_tree(topo: &Topology, d: &BlockDev, depth: usize) -> DeviceTree {
         built_on: if depth > 32 {
             Vec::new()
         } else {
-            below.into_iter().map(|b| device_tree(topo, b, depth + 1)).collect()
+            below
+                .into_iter()
+                .map(|b| device_tree(topo, b, depth + 1))
+                .collect()
         },
     }
 }

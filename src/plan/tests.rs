@@ -3,7 +3,14 @@ use crate::topology::block::BlockDev;
 use crate::topology::mountinfo;
 use crate::topology::swaps::Swap;
 
-fn dev(name: &str, major: u32, minor: u32, kind: DevKind, holders: &[&str], slaves: &[&str]) -> BlockDev {
+fn dev(
+    name: &str,
+    major: u32,
+    minor: u32,
+    kind: DevKind,
+    holders: &[&str],
+    slaves: &[&str],
+) -> BlockDev {
     BlockDev {
         name: name.into(),
         major,
@@ -34,12 +41,46 @@ fn lvm_luks_md(mountinfo_text: &str) -> Topology {
     let devices = [
         dev("vda", 254, 0, DevKind::Disk, &["md0"], &[]),
         dev("vdb", 254, 16, DevKind::Disk, &[], &[]),
-        dev("vdb1", 254, 17, DevKind::Partition { parent: Some("vdb".into()) }, &["md0"], &[]),
-        dev("md0", 9, 0, DevKind::Md { level: "raid1".into() }, &["dm-0"], &["vda", "vdb1"]),
-        dev("dm-0", 252, 0, dm("md0_crypt", "CRYPT-LUKS2-abcd-md0_crypt"), &["dm-1"], &["md0"]),
+        dev(
+            "vdb1",
+            254,
+            17,
+            DevKind::Partition {
+                parent: Some("vdb".into()),
+            },
+            &["md0"],
+            &[],
+        ),
+        dev(
+            "md0",
+            9,
+            0,
+            DevKind::Md {
+                level: "raid1".into(),
+            },
+            &["dm-0"],
+            &["vda", "vdb1"],
+        ),
+        dev(
+            "dm-0",
+            252,
+            0,
+            dm("md0_crypt", "CRYPT-LUKS2-abcd-md0_crypt"),
+            &["dm-1"],
+            &["md0"],
+        ),
         dev("dm-1", 252, 1, dm("vg0-root", "LVM-xyz"), &[], &["dm-0"]),
         dev("vdc", 254, 32, DevKind::Disk, &[], &[]),
-        dev("vdc1", 254, 33, DevKind::Partition { parent: Some("vdc".into()) }, &[], &[]),
+        dev(
+            "vdc1",
+            254,
+            33,
+            DevKind::Partition {
+                parent: Some("vdc".into()),
+            },
+            &[],
+            &[],
+        ),
     ];
     Topology {
         mounts: mountinfo::parse(mountinfo_text).unwrap(),
@@ -85,8 +126,9 @@ fn live_lvm_luks_md_plan_is_top_down() {
 fn every_step_respects_every_dependency() {
     let topo = lvm_luks_md(LIVE_MOUNTINFO);
     let p = plan(&topo, &PlanOptions::live());
-    let pos = |pred: &dyn Fn(&Step) -> bool| p.steps.iter().position(|s| pred(s)).unwrap();
-    let unmount_root = pos(&|s| matches!(s, Step::Unmount { mount_point, .. } if mount_point == "/"));
+    let pos = |pred: &dyn Fn(&Step) -> bool| p.steps.iter().position(pred).unwrap();
+    let unmount_root =
+        pos(&|s| matches!(s, Step::Unmount { mount_point, .. } if mount_point == "/"));
     let remove_lv = pos(&|s| s.closes_device() == Some("dm-1"));
     let close_crypt = pos(&|s| s.closes_device() == Some("dm-0"));
     let stop_md = pos(&|s| s.closes_device() == Some("md0"));
@@ -147,8 +189,24 @@ fn loop_is_detached_after_its_fs_and_before_the_mount_of_its_backing_file() {
     let devices = [
         dev("vda", 254, 0, DevKind::Disk, &[], &[]),
         dev("vdb", 254, 16, DevKind::Disk, &[], &[]),
-        dev("loop0", 7, 0, DevKind::Loop { backing_file: Some("/media/disk.img".into()) }, &[], &[]),
-        dev("loop1", 7, 1, DevKind::Loop { backing_file: None }, &[], &[]),
+        dev(
+            "loop0",
+            7,
+            0,
+            DevKind::Loop {
+                backing_file: Some("/media/disk.img".into()),
+            },
+            &[],
+            &[],
+        ),
+        dev(
+            "loop1",
+            7,
+            1,
+            DevKind::Loop { backing_file: None },
+            &[],
+            &[],
+        ),
     ];
     let topo = Topology {
         mounts: mountinfo::parse(text).unwrap(),
@@ -192,9 +250,15 @@ fn storage_tree_walks_down_to_the_disks() {
     let roots = storage_roots(&topo, &PlanOptions::live());
     assert_eq!(roots[0].used_as, "/");
     let t = &roots[0].tree;
-    assert_eq!((t.name.as_str(), t.what.as_str()), ("vg0-root", "LVM logical volume"));
+    assert_eq!(
+        (t.name.as_str(), t.what.as_str()),
+        ("vg0-root", "LVM logical volume")
+    );
     let crypt = &t.built_on[0];
-    assert_eq!((crypt.name.as_str(), crypt.what.as_str()), ("md0_crypt", "dm-crypt LUKS2"));
+    assert_eq!(
+        (crypt.name.as_str(), crypt.what.as_str()),
+        ("md0_crypt", "dm-crypt LUKS2")
+    );
     let md = &crypt.built_on[0];
     assert_eq!(md.name, "md0");
     let under_md: Vec<&str> = md.built_on.iter().map(|d| d.name.as_str()).collect();

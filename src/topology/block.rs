@@ -173,7 +173,8 @@ pub fn read(root: &Path) -> BTreeMap<String, BlockDev> {
             }
         } else if name.starts_with("loop") && !dir.join("partition").exists() {
             DevKind::Loop {
-                backing_file: read_trimmed(&dir.join("loop/backing_file")).filter(|s| !s.is_empty()),
+                backing_file: read_trimmed(&dir.join("loop/backing_file"))
+                    .filter(|s| !s.is_empty()),
             }
         } else if dir.join("partition").exists() {
             DevKind::Partition {
@@ -208,10 +209,22 @@ mod tests {
         let names = ["vda", "nvme0n1", "loop0", "md0"];
         let known = |n: &str| names.contains(&n);
         let dir = Path::new("/nonexistent");
-        assert_eq!(partition_parent(dir, "vda1", &known).as_deref(), Some("vda"));
-        assert_eq!(partition_parent(dir, "nvme0n1p2", &known).as_deref(), Some("nvme0n1"));
-        assert_eq!(partition_parent(dir, "loop0p1", &known).as_deref(), Some("loop0"));
-        assert_eq!(partition_parent(dir, "md0p1", &known).as_deref(), Some("md0"));
+        assert_eq!(
+            partition_parent(dir, "vda1", &known).as_deref(),
+            Some("vda")
+        );
+        assert_eq!(
+            partition_parent(dir, "nvme0n1p2", &known).as_deref(),
+            Some("nvme0n1")
+        );
+        assert_eq!(
+            partition_parent(dir, "loop0p1", &known).as_deref(),
+            Some("loop0")
+        );
+        assert_eq!(
+            partition_parent(dir, "md0p1", &known).as_deref(),
+            Some("md0")
+        );
         assert_eq!(partition_parent(dir, "sdz1", &known), None);
     }
 

@@ -64,10 +64,9 @@ impl Topology {
     pub fn device_by_path(&self, path: &str) -> Option<&BlockDev> {
         let name = path.strip_prefix("/dev/")?;
         if let Some(dm_name) = name.strip_prefix("mapper/") {
-            return self
-                .devices
-                .values()
-                .find(|d| d.display_name() == dm_name && matches!(d.kind, block::DevKind::Dm { .. }));
+            return self.devices.values().find(|d| {
+                d.display_name() == dm_name && matches!(d.kind, block::DevKind::Dm { .. })
+            });
         }
         self.devices.get(name)
     }

@@ -145,8 +145,10 @@ mod tests {
 
     #[test]
     fn parses_proc5_example_with_optional_field() {
-        let m = parse("36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n")
-            .unwrap();
+        let m = parse(
+            "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n",
+        )
+        .unwrap();
         assert_eq!(m.len(), 1);
         let m = &m[0];
         assert_eq!((m.id, m.parent, m.major, m.minor), (36, 35, 98, 0));

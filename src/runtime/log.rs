@@ -49,14 +49,14 @@ pub fn flush_console() {
 
 #[macro_export]
 macro_rules! say {
-    ($($arg:tt)*) => { $crate::exitrd::log::line(&format!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::runtime::log::line(&format!($($arg)*)) };
 }
 
 #[macro_export]
 macro_rules! debug {
     ($($arg:tt)*) => {
-        if $crate::exitrd::log::debug_enabled() {
-            $crate::exitrd::log::line(&format!($($arg)*))
+        if $crate::runtime::log::debug_enabled() {
+            $crate::runtime::log::line(&format!($($arg)*))
         }
     };
 }

@@ -1,7 +1,7 @@
 //! The final act: sync, then `reboot(2)` with the verb systemd gave us.
 
-use crate::exitrd::log;
-use crate::exitrd::worker::bounded;
+use crate::runtime::log;
+use crate::runtime::worker::bounded;
 use crate::say;
 use nix::sys::reboot::{reboot, RebootMode};
 use std::time::Duration;
@@ -103,12 +103,15 @@ pub fn finish(verb: Verb) -> ! {
             say!("reboot with argument failed ({err:?}), plain reboot");
         }
     }
-    say!("{}", match verb {
-        Verb::Reboot => "rebooting",
-        Verb::PowerOff => "powering off",
-        Verb::Halt => "halting",
-        Verb::Kexec => "kexec",
-    });
+    say!(
+        "{}",
+        match verb {
+            Verb::Reboot => "rebooting",
+            Verb::PowerOff => "powering off",
+            Verb::Halt => "halting",
+            Verb::Kexec => "kexec",
+        }
+    );
     log::flush_console();
     loop {
         let err = reboot(mode);

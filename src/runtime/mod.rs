@@ -13,7 +13,7 @@ pub mod worker;
 
 use crate::plan::{self, PlanOptions, Step};
 use crate::teardown::{devnode, dm, loopdev, md, swap};
-use crate::topology::block::DmKind;
+use crate::topology::block::{DevKind, DmKind};
 use crate::topology::Topology;
 use crate::{debug, say};
 use reboot::Verb;
@@ -41,7 +41,9 @@ pub struct Args {
 
 /// Parses a systemd time span as systemd-shutdown passes it (`90000000us`, `90s`, `1min`).
 pub fn parse_timespan(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().ok()?;
     match unit {
@@ -209,6 +211,45 @@ fn teardown(run: &mut Run) {
         unmount_pass(run);
         close_devices(run);
     }
+    secure_leftovers(run);
+}
+
+/// Device-mapper devices that could not be removed are suspended with their queued writes
+/// flushed, so nothing is lost in flight when the power goes, and dm-crypt ones get their
+/// key wiped from kernel memory. Sync first: a suspended device blocks later writes.
+fn secure_leftovers(run: &mut Run) {
+    let Some(topo) = read_topology() else { return };
+    let leftovers: Vec<(String, DmKind)> = topo
+        .devices
+        .values()
+        .filter_map(|d| match &d.kind {
+            DevKind::Dm { name, kind, .. } => Some((name.clone(), *kind)),
+            _ => None,
+        })
+        .collect();
+    if leftovers.is_empty() {
+        return;
+    }
+    reboot::bounded_sync(STEP_TIMEOUT.min(run.remaining().max(Duration::from_secs(1))));
+    for (name, kind) in leftovers {
+        // Suspending is the last safety net, so it may use the final reserve.
+        let timeout = run.remaining().max(FINAL_RESERVE).min(STEP_TIMEOUT);
+        let n = name.clone();
+        match bounded(timeout, move || dm::suspend(&n, true)) {
+            Outcome::Done => say!("suspended {name} with its writes flushed (could not remove it)"),
+            other => {
+                say!("could not suspend {name}: {other}");
+                continue;
+            }
+        }
+        if kind == DmKind::Crypt {
+            let n = name.clone();
+            match bounded(timeout, move || dm::message(&n, 0, "key wipe")) {
+                Outcome::Done => say!("wiped the key of dm-crypt mapping {name}"),
+                other => say!("could not wipe the key of {name}: {other}"),
+            }
+        }
+    }
 }
 
 /// Swapoff and unmount, re-reading the mount table after every pass because unmounting
@@ -248,7 +289,9 @@ fn force_unmounts(run: &mut Run) {
         let Step::Unmount { mount_point, .. } = step else {
             continue;
         };
-        let Some(timeout) = run.step_timeout() else { return };
+        let Some(timeout) = run.step_timeout() else {
+            return;
+        };
         let mp = mount_point.clone();
         let ro = bounded(timeout, move || {
             nix::mount::mount(
@@ -267,7 +310,10 @@ fn force_unmounts(run: &mut Run) {
                 .map_err(io::Error::from)
         });
         match detach {
-            Outcome::Done => say!("detached busy {mount_point} lazily (read-only: {})", ro.is_done()),
+            Outcome::Done => say!(
+                "detached busy {mount_point} lazily (read-only: {})",
+                ro.is_done()
+            ),
             other => say!("could not detach {mount_point}: {other}"),
         }
     }
@@ -278,7 +324,11 @@ fn close_devices(run: &mut Run) {
     for _ in 0..8 {
         let Some(topo) = read_topology() else { return };
         let p = plan::plan(&topo, &PlanOptions::shutdown());
-        let steps: Vec<&Step> = p.steps.iter().filter(|s| s.closes_device().is_some()).collect();
+        let steps: Vec<&Step> = p
+            .steps
+            .iter()
+            .filter(|s| s.closes_device().is_some())
+            .collect();
         if steps.is_empty() {
             return;
         }
@@ -358,7 +408,9 @@ fn log_outcome(step: &Step, outcome: &Outcome) {
             ..
         } => say!("unmounted {mount_point} ({fstype} on {source})"),
         Step::RemoveDm { device, name, kind } => match kind {
-            DmKind::Crypt => say!("closed dm-crypt mapping {name} ({device}): key wiped from memory"),
+            DmKind::Crypt => {
+                say!("closed dm-crypt mapping {name} ({device}): key wiped from memory")
+            }
             DmKind::Lvm => say!("removed LVM volume {name} ({device})"),
             DmKind::Other => say!("removed device-mapper device {name} ({device})"),
         },

@@ -1,6 +1,6 @@
 //! Finding and ending the processes that still hold the old root.
 
-use crate::exitrd::worker::reap_all;
+use crate::runtime::worker::reap_all;
 use crate::say;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -92,7 +92,11 @@ pub fn end_processes(spare_marked: bool, grace: Duration) -> Vec<Proc> {
     if first.is_empty() {
         return first;
     }
-    say!("sending SIGTERM to {} process(es): {}", first.len(), names(&first));
+    say!(
+        "sending SIGTERM to {} process(es): {}",
+        first.len(),
+        names(&first)
+    );
     for p in &first {
         let _ = kill(Pid::from_raw(p.pid), Signal::SIGTERM);
         let _ = kill(Pid::from_raw(p.pid), Signal::SIGCONT);
@@ -101,7 +105,11 @@ pub fn end_processes(spare_marked: bool, grace: Duration) -> Vec<Proc> {
     if left.is_empty() {
         return left;
     }
-    say!("sending SIGKILL to {} process(es): {}", left.len(), names(&left));
+    say!(
+        "sending SIGKILL to {} process(es): {}",
+        left.len(),
+        names(&left)
+    );
     for p in &left {
         let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
     }

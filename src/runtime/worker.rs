@@ -59,7 +59,9 @@ pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outco
                 Ok(()) => 0,
                 Err(e) => {
                     let _ = write(&writer, e.to_string().as_bytes());
-                    e.raw_os_error().filter(|c| (1..255).contains(c)).unwrap_or(255)
+                    e.raw_os_error()
+                        .filter(|c| (1..255).contains(c))
+                        .unwrap_or(255)
                 }
             };
             // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.

@@ -1,0 +1,10 @@
+//! exitrd as a library: the pure core (topology, plan), the kernel interfaces (teardown),
+//! the PID-1 runtime and the boot-time payload code. The binary in main.rs is a thin
+//! dispatcher over these; tests and benchmarks use them directly.
+
+pub mod cli;
+pub mod payload;
+pub mod plan;
+pub mod runtime;
+pub mod teardown;
+pub mod topology;
