@@ -3,6 +3,7 @@
 //! dispatcher over these; tests and benchmarks use them directly.
 
 pub mod cli;
+pub mod config;
 pub mod payload;
 pub mod plan;
 pub mod runtime;

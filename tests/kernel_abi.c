@@ -11,6 +11,7 @@
 #include <linux/dm-ioctl.h>
 #include <linux/raid/md_u.h>
 #include <linux/loop.h>
+#include <linux/watchdog.h>
 
 #define P(key, value) printf("%s %llu\n", key, (unsigned long long)(value))
 #define OFF(type, field) P(#type "." #field, offsetof(struct type, field))
@@ -60,6 +61,9 @@ int main(void)
 
 	/* loop */
 	P("LOOP_CLR_FD", LOOP_CLR_FD);
+
+	/* watchdog */
+	P("WDIOC_KEEPALIVE", WDIOC_KEEPALIVE);
 
 	return 0;
 }

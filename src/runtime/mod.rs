@@ -1,23 +1,31 @@
 //! The shutdown runtime: PID 1 inside systemd's exitrd pivot, old root at `/oldroot`.
 //!
-//! Order: sync; end the processes still holding the old root (sparing `@` processes that
-//! may serve it); swapoff and unmount everything below `/oldroot` deepest first; close the
-//! devices top-down; end the spared processes and try what is left once more; log an
-//! inventory; sync; `reboot(2)`. Every blocking operation runs bounded (see [`worker`]), the
-//! whole run is bounded by one deadline, and every path ends in [`reboot::finish`].
+//! Order: sync; `start` hooks; end the processes still alive (sparing `@` processes that
+//! may serve the storage); swapoff and unmount everything below `/oldroot`; `unmounted`
+//! hooks; close the devices top-down; end the spared processes and retry what is left;
+//! make busy file systems read-only and detach them; suspend DM devices that stay and wipe
+//! dm-crypt keys; `final` hooks; inventory; sync; `reboot(2)`.
+//!
+//! Every blocking operation runs bounded (see [`worker`]), the whole run is bounded by one
+//! deadline, the watchdog is fed throughout, and every path, panics included, ends in
+//! [`reboot::finish`].
 
+pub mod hooks;
 pub mod log;
 pub mod procs;
 pub mod reboot;
+pub mod schedule;
+pub mod watchdog;
 pub mod worker;
 
+use crate::config::{self, Config};
 use crate::plan::{self, PlanOptions, Step};
 use crate::teardown::{devnode, dm, loopdev, md, swap};
 use crate::topology::block::{DevKind, DmKind};
 use crate::topology::Topology;
 use crate::{debug, say};
 use reboot::Verb;
-use std::collections::BTreeMap;
+use schedule::{Executor, Limits, Progress};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -25,34 +33,21 @@ use std::time::{Duration, Instant};
 use worker::{bounded, Outcome};
 
 const OLDROOT: &str = "/oldroot";
-/// Whole-run bound when systemd gives none; systemd's own default is 90 s.
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
-/// One operation (an unmount, an ioctl) gets at most this long.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Kept for the final sync and reboot call after the deadline.
+/// Kept for the final sync and reboot call when systemd's `--timeout` bounds the run.
 const FINAL_RESERVE: Duration = Duration::from_secs(5);
+/// Where the payload lives after the pivot: the root of the exitrd tmpfs.
+const CONFIG_FILE: &str = "/exitrd.conf";
+const HOOKS_DIR: &str = "/hooks";
+const INVENTORY_FILE: &str = "/inventory";
+/// Test-only fault switches (`exitrd.fault=`) are honoured only when this file is in the
+/// payload, which no package ships: the VM tests put it there.
+const FAULTS_ALLOWED_FILE: &str = "/test-faults-allowed";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     pub verb: Option<Verb>,
     pub verb_word: String,
     pub timeout: Option<Duration>,
-}
-
-/// Parses a systemd time span as systemd-shutdown passes it (`90000000us`, `90s`, `1min`).
-pub fn parse_timespan(text: &str) -> Option<Duration> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    match unit {
-        "us" | "usec" => Some(Duration::from_micros(n)),
-        "ms" | "msec" => Some(Duration::from_millis(n)),
-        "" | "s" | "sec" => Some(Duration::from_secs(n)),
-        "min" | "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        _ => None,
-    }
 }
 
 /// argv after the program name: the verb, then systemd's options. Unknown options are
@@ -63,12 +58,21 @@ pub fn parse_args(args: &[String]) -> Args {
         .iter()
         .skip(1)
         .filter_map(|a| a.strip_prefix("--timeout="))
-        .find_map(parse_timespan);
+        .find_map(config::parse_duration);
     Args {
         verb: Verb::parse(&verb_word),
         verb_word,
         timeout,
     }
+}
+
+/// The bound for the whole run: the configured timeout, but inside systemd's own.
+pub fn budget(cfg: &Config, systemd_timeout: Option<Duration>) -> Duration {
+    let within_systemd = systemd_timeout
+        .map(|t| t.saturating_sub(FINAL_RESERVE))
+        .filter(|t| !t.is_zero())
+        .unwrap_or(cfg.timeout);
+    cfg.timeout.min(within_systemd)
 }
 
 static VERB_FOR_PANIC: AtomicU8 = AtomicU8::new(0);
@@ -103,49 +107,93 @@ fn install_panic_hook() {
     }));
 }
 
-fn kernel_cmdline_has(word: &str) -> bool {
-    std::fs::read_to_string("/proc/cmdline")
-        .map(|c| c.split_whitespace().any(|w| w == word))
-        .unwrap_or(false)
-}
-
-/// What happened to each device, for the final inventory.
-#[derive(Default)]
-struct Report {
-    closed: Vec<String>,
-    failed: BTreeMap<String, String>,
-}
-
-struct Run {
-    deadline: Instant,
-    report: Report,
-}
-
-impl Run {
-    fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+/// PID 1 starts with whatever signal state systemd-shutdown left. Children must be
+/// waitable (SIGCHLD not ignored), a closed pipe must not kill us, and Ctrl-Alt-Del
+/// (SIGINT to PID 1) must not interrupt the shutdown.
+fn reset_signals() {
+    use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // SAFETY: installing SIG_DFL/SIG_IGN dispositions runs no code of ours in a handler.
+    unsafe {
+        let _ = signal(Signal::SIGCHLD, SigHandler::SigDfl);
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigIgn);
+        let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
+        let _ = signal(Signal::SIGHUP, SigHandler::SigIgn);
+        let _ = signal(Signal::SIGTERM, SigHandler::SigIgn);
     }
+}
 
-    fn step_timeout(&self) -> Option<Duration> {
-        let left = self.remaining();
-        (!left.is_zero()).then(|| left.min(STEP_TIMEOUT))
+/// Test-only faults from the kernel command line, see [`FAULTS_ALLOWED_FILE`].
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Faults {
+    panic: bool,
+    verb: Option<String>,
+}
+
+fn faults(cmdline: &str) -> Faults {
+    let mut f = Faults::default();
+    for word in cmdline.split_whitespace() {
+        match word.strip_prefix("exitrd.fault=") {
+            Some("panic") => f.panic = true,
+            Some(v) => {
+                if let Some(verb) = v.strip_prefix("verb:") {
+                    f.verb = Some(verb.to_string());
+                }
+            }
+            None => {}
+        }
     }
+    f
+}
+
+fn load_config(cmdline: &str) -> Config {
+    let mut cfg = Config::default();
+    match std::fs::read(CONFIG_FILE) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            for p in cfg.apply_file(&text) {
+                say!("{CONFIG_FILE}: {p}; ignored");
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => say!("{CONFIG_FILE}: {e}; using the defaults"),
+    }
+    for p in cfg.apply_cmdline(cmdline) {
+        say!("{p}; ignored");
+    }
+    cfg
 }
 
 /// Entry point of shutdown mode. Never returns.
 pub fn run(args: &[String]) -> ! {
-    let parsed = parse_args(args);
+    let started = Instant::now();
+    reset_signals();
+    let mut parsed = parse_args(args);
+    VERB_FOR_PANIC.store(
+        verb_code(parsed.verb.unwrap_or(Verb::Reboot)),
+        Ordering::Relaxed,
+    );
+    install_panic_hook();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    log::init(cmdline.split_whitespace().any(|w| w == "exitrd.debug"));
+    let faults = if Path::new(FAULTS_ALLOWED_FILE).exists() {
+        faults(&cmdline)
+    } else {
+        if cmdline.contains("exitrd.fault=") {
+            say!("exitrd.fault= ignored: fault injection is for the test suite only");
+        }
+        Faults::default()
+    };
+    if let Some(word) = &faults.verb {
+        say!("test fault: acting as if systemd passed the verb {word:?}");
+        parsed.verb = Verb::parse(word);
+        parsed.verb_word = word.clone();
+    }
     let verb = parsed.verb.unwrap_or(Verb::Reboot);
     VERB_FOR_PANIC.store(verb_code(verb), Ordering::Relaxed);
-    install_panic_hook();
-    log::init(kernel_cmdline_has("exitrd.debug"));
-    let started = Instant::now();
-    // systemd's --timeout is its own bound for the whole shutdown; stay inside it.
-    let budget = parsed
-        .timeout
-        .map(|t| t.saturating_sub(FINAL_RESERVE).min(DEFAULT_DEADLINE))
-        .filter(|t| !t.is_zero())
-        .unwrap_or(DEFAULT_DEADLINE);
+    let cfg = load_config(&cmdline);
+    log::init(cfg.debug);
+    let budget = budget(&cfg, parsed.timeout);
     say!(
         "exitrd {} running as PID {}: {} within {}s",
         env!("CARGO_PKG_VERSION"),
@@ -156,25 +204,42 @@ pub fn run(args: &[String]) -> ! {
     if parsed.verb.is_none() {
         say!("unknown verb {:?}: rebooting", parsed.verb_word);
     }
-    let mut run = Run {
-        deadline: started + budget,
-        report: Report::default(),
+    if let Some(line) = watchdog::init() {
+        say!("{line}");
+    }
+    let mut shutdown = Shutdown {
+        cfg,
+        verb,
+        started,
+        deadline: budget,
+        progress: Progress::default(),
+        faults,
     };
-    teardown(&mut run);
-    inventory(&run);
+    shutdown.teardown();
+    shutdown.run_hooks("final");
+    shutdown.inventory();
+    if shutdown.cfg.break_shell {
+        break_shell(shutdown.cfg.shell_timeout);
+    }
     say!("finished in {:.1}s", started.elapsed().as_secs_f64());
     reboot::finish(verb)
 }
 
-fn is_mount_point(path: &str, topo: &Topology) -> bool {
-    topo.mounts.iter().any(|m| m.mount_point == path)
+struct Shutdown {
+    cfg: Config,
+    verb: Verb,
+    started: Instant,
+    /// Elapsed time by which the teardown must be over.
+    deadline: Duration,
+    progress: Progress,
+    faults: Faults,
 }
 
 fn read_topology() -> Option<Topology> {
     match Topology::read(Path::new("/")) {
         Ok(t) => {
             for w in &t.warnings {
-                say!("warning: {w}");
+                debug!("warning: {w}");
             }
             Some(t)
         }
@@ -185,186 +250,308 @@ fn read_topology() -> Option<Topology> {
     }
 }
 
-fn teardown(run: &mut Run) {
-    reboot::bounded_sync(STEP_TIMEOUT);
-    let Some(topo) = read_topology() else { return };
-    if !is_mount_point(OLDROOT, &topo) {
-        say!("{OLDROOT} is not mounted: not started by systemd's pivot, nothing to take down");
-        return;
-    }
-    procs::end_processes(true, Duration::from_secs(3));
-
-    let mut unmounted = unmount_pass(run);
-    let left = procs::list(Path::new("/proc"));
-    if !unmounted && !left.is_empty() {
-        // Processes spared so far (argv[0] '@') are the likely holders.
-        procs::end_processes(false, Duration::from_secs(3));
-        unmounted = unmount_pass(run);
-    }
-    if !unmounted {
-        force_unmounts(run);
-    }
-    close_devices(run);
-    let spared = procs::list(Path::new("/proc"));
-    if !spared.is_empty() {
-        procs::end_processes(false, Duration::from_secs(2));
-        unmount_pass(run);
-        close_devices(run);
-    }
-    secure_leftovers(run);
+fn oldroot_mounted(topo: &Topology) -> bool {
+    topo.mounts.iter().any(|m| m.mount_point == OLDROOT)
 }
 
-/// Device-mapper devices that could not be removed are suspended with their queued writes
-/// flushed, so nothing is lost in flight when the power goes, and dm-crypt ones get their
-/// key wiped from kernel memory. Sync first: a suspended device blocks later writes.
-fn secure_leftovers(run: &mut Run) {
-    let Some(topo) = read_topology() else { return };
-    let leftovers: Vec<(String, DmKind)> = topo
-        .devices
-        .values()
-        .filter_map(|d| match &d.kind {
-            DevKind::Dm { name, kind, .. } => Some((name.clone(), *kind)),
-            _ => None,
-        })
-        .collect();
-    if leftovers.is_empty() {
-        return;
+/// The real machine, for the scheduler.
+struct Real<'a> {
+    shutdown: &'a Shutdown,
+}
+
+impl Executor for Real<'_> {
+    fn read(&mut self) -> Option<Topology> {
+        read_topology()
     }
-    reboot::bounded_sync(STEP_TIMEOUT.min(run.remaining().max(Duration::from_secs(1))));
-    for (name, kind) in leftovers {
-        // Suspending is the last safety net, so it may use the final reserve.
-        let timeout = run.remaining().max(FINAL_RESERVE).min(STEP_TIMEOUT);
-        let n = name.clone();
-        match bounded(timeout, move || dm::suspend(&n, true)) {
-            Outcome::Done => say!("suspended {name} with its writes flushed (could not remove it)"),
-            other => {
-                say!("could not suspend {name}: {other}");
-                continue;
-            }
-        }
-        if kind == DmKind::Crypt {
-            let n = name.clone();
-            match bounded(timeout, move || dm::message(&n, 0, "key wipe")) {
-                Outcome::Done => say!("wiped the key of dm-crypt mapping {name}"),
-                other => say!("could not wipe the key of {name}: {other}"),
-            }
+
+    fn run(&mut self, step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
+        execute(step, topo, timeout)
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.shutdown.started.elapsed()
+    }
+
+    fn pause(&mut self, d: Duration) {
+        watchdog::sleep(d);
+    }
+
+    fn report(&mut self, step: &Step, outcome: &Outcome) {
+        log_outcome(step, outcome);
+        if !outcome.is_done() {
+            name_blockers(step);
         }
     }
 }
 
-/// Swapoff and unmount, re-reading the mount table after every pass because unmounting
-/// one file system can reveal or free another. Returns whether `/oldroot` is gone.
-fn unmount_pass(run: &mut Run) -> bool {
-    for _ in 0..8 {
-        let Some(topo) = read_topology() else {
-            return false;
-        };
-        if !is_mount_point(OLDROOT, &topo) {
-            return true;
-        }
-        let p = plan::plan(&topo, &PlanOptions::shutdown());
-        let mut progress = false;
-        for step in p.steps.iter().filter(|s| s.closes_device().is_none()) {
-            let Some(timeout) = run.step_timeout() else {
-                say!("deadline reached: skipping the remaining unmounts");
-                return false;
-            };
-            let outcome = execute(step, &topo, timeout);
-            log_outcome(step, &outcome);
-            progress |= outcome.is_done();
-        }
-        if !progress {
-            return false;
-        }
-    }
-    false
+fn is_device_step(s: &Step) -> bool {
+    s.closes_device().is_some()
 }
 
-/// Last resort for file systems that stay busy: make them read-only (no more writes can be
-/// lost), then detach them lazily so at least the mount tree is gone.
-fn force_unmounts(run: &mut Run) {
-    let Some(topo) = read_topology() else { return };
-    let p = plan::plan(&topo, &PlanOptions::shutdown());
-    for step in &p.steps {
-        let Step::Unmount { mount_point, .. } = step else {
-            continue;
-        };
-        let Some(timeout) = run.step_timeout() else {
+fn any_step(_: &Step) -> bool {
+    true
+}
+
+impl Shutdown {
+    fn limits(&self) -> Limits {
+        Limits {
+            deadline: self.deadline,
+            step_timeout: self.cfg.step_timeout,
+            max_passes: 8,
+        }
+    }
+
+    fn passes(&mut self, which: &dyn Fn(&Step) -> bool) {
+        let limits = self.limits();
+        let mut progress = std::mem::take(&mut self.progress);
+        schedule::run_passes(
+            &mut Real { shutdown: self },
+            which,
+            &PlanOptions::shutdown(),
+            limits,
+            &mut progress,
+        );
+        if progress.out_of_time {
+            say!(
+                "deadline of {}s reached: going on to power off",
+                self.deadline.as_secs()
+            );
+        }
+        self.progress = progress;
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.started.elapsed() >= self.deadline
+    }
+
+    fn run_hooks(&self, stage: &str) {
+        if hooks::list(&Path::new(HOOKS_DIR).join(stage)).is_empty() {
             return;
-        };
-        let mp = mount_point.clone();
-        let ro = bounded(timeout, move || {
-            nix::mount::mount(
-                None::<&str>,
-                mp.as_str(),
-                None::<&str>,
-                nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-            .map_err(io::Error::from)
-        });
-        debug!("remount read-only {mount_point}: {ro}");
-        let mp = mount_point.clone();
-        let detach = bounded(timeout, move || {
-            nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH)
-                .map_err(io::Error::from)
-        });
-        match detach {
-            Outcome::Done => say!(
-                "detached busy {mount_point} lazily (read-only: {})",
-                ro.is_done()
-            ),
-            other => say!("could not detach {mount_point}: {other}"),
         }
+        write_inventory_file();
+        // Hooks get their normal time even late: the final ones may matter most.
+        let left = self.deadline.saturating_sub(self.started.elapsed());
+        let timeout = self.cfg.step_timeout.min(left.max(Duration::from_secs(2)));
+        hooks::run_stage(
+            Path::new(HOOKS_DIR),
+            stage,
+            self.verb.as_str(),
+            Path::new(INVENTORY_FILE),
+            timeout,
+        );
     }
-}
 
-/// Closes devices top-down, re-planning after every pass.
-fn close_devices(run: &mut Run) {
-    for _ in 0..8 {
+    fn teardown(&mut self) {
+        reboot::bounded_sync(self.cfg.step_timeout);
         let Some(topo) = read_topology() else { return };
-        let p = plan::plan(&topo, &PlanOptions::shutdown());
-        let steps: Vec<&Step> = p
-            .steps
-            .iter()
-            .filter(|s| s.closes_device().is_some())
-            .collect();
-        if steps.is_empty() {
+        if !oldroot_mounted(&topo) {
+            say!("{OLDROOT} is not mounted: not started by systemd's pivot, nothing to take down");
             return;
         }
-        let mut progress = false;
-        for step in steps {
-            let Some(timeout) = run.step_timeout() else {
-                say!("deadline reached: skipping the remaining devices");
-                return;
+        self.run_hooks("start");
+        procs::end_processes(true, self.cfg.kill_grace);
+
+        self.passes(&|s: &Step| !is_device_step(s));
+        if self.faults.panic {
+            panic!("test fault exitrd.fault=panic after unmounting");
+        }
+        self.run_hooks("unmounted");
+        self.passes(&any_step);
+
+        // What is left may be held by the processes spared so far.
+        if self.work_left() && !procs::list(Path::new("/proc")).is_empty() && !self.out_of_time() {
+            procs::end_processes(false, self.cfg.kill_grace);
+            self.passes(&any_step);
+        }
+        if self.oldroot_still_mounted() {
+            self.force_unmounts();
+            self.passes(&any_step);
+        }
+        self.secure_leftovers();
+    }
+
+    fn work_left(&self) -> bool {
+        read_topology()
+            .map(|t| !plan::plan(&t, &PlanOptions::shutdown()).steps.is_empty())
+            .unwrap_or(false)
+    }
+
+    fn oldroot_still_mounted(&self) -> bool {
+        read_topology()
+            .map(|t| oldroot_mounted(&t))
+            .unwrap_or(false)
+    }
+
+    /// Last resort for file systems that stay busy: make them read-only (no more writes can
+    /// be lost), then detach them lazily so at least the mount tree is gone.
+    fn force_unmounts(&mut self) {
+        let Some(topo) = read_topology() else { return };
+        let timeout = self.cfg.step_timeout.min(Duration::from_secs(5));
+        for step in plan::plan(&topo, &PlanOptions::shutdown()).steps {
+            let Step::Unmount { mount_point, .. } = step else {
+                continue;
             };
-            let outcome = execute(step, &topo, timeout);
-            log_outcome(step, &outcome);
-            let device = step.closes_device().unwrap_or_default().to_string();
-            let name = step_display_name(step);
-            match outcome {
+            let mp = mount_point.clone();
+            let ro = bounded(timeout, move || {
+                nix::mount::mount(
+                    None::<&str>,
+                    mp.as_str(),
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+                    None::<&str>,
+                )
+                .map_err(io::Error::from)
+            });
+            let mp = mount_point.clone();
+            let detach = bounded(timeout, move || {
+                nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(io::Error::from)
+            });
+            match (detach, ro.is_done()) {
+                (Outcome::Done, true) => {
+                    say!("detached busy {mount_point} lazily, after making it read-only")
+                }
+                (Outcome::Done, false) => {
+                    say!("detached busy {mount_point} lazily (could not make it read-only: {ro})")
+                }
+                (other, _) => say!("could not detach {mount_point}: {other}"),
+            }
+        }
+    }
+
+    /// Device-mapper devices that could not be removed are suspended with their queued
+    /// writes flushed, so nothing is lost in flight when the power goes, and dm-crypt ones
+    /// get their key wiped from kernel memory. Sync first: a suspended device blocks writes.
+    fn secure_leftovers(&mut self) {
+        let Some(topo) = read_topology() else { return };
+        let leftovers: Vec<(String, DmKind)> = topo
+            .devices
+            .values()
+            .filter_map(|d| match &d.kind {
+                DevKind::Dm { name, kind, .. } => Some((name.clone(), *kind)),
+                _ => None,
+            })
+            .collect();
+        if leftovers.is_empty() {
+            return;
+        }
+        reboot::bounded_sync(self.cfg.step_timeout);
+        // The last safety net: bounded, but not skipped when the deadline has passed.
+        let timeout = self.cfg.step_timeout.min(FINAL_RESERVE);
+        for (name, kind) in leftovers {
+            let n = name.clone();
+            match bounded(timeout, move || dm::suspend(&n, true)) {
                 Outcome::Done => {
-                    run.report.failed.remove(&device);
-                    run.report.closed.push(name);
-                    progress = true;
+                    say!("suspended {name} with its writes flushed (could not remove it)")
                 }
                 other => {
-                    run.report.failed.insert(device, other.to_string());
+                    say!("could not suspend {name}: {other}");
+                    continue;
+                }
+            }
+            if kind == DmKind::Crypt && self.cfg.wipe_keys {
+                let n = name.clone();
+                match bounded(timeout, move || dm::message(&n, 0, "key wipe")) {
+                    Outcome::Done => say!("wiped the key of dm-crypt mapping {name} from memory"),
+                    other => say!("could not wipe the key of {name}: {other}"),
                 }
             }
         }
-        if !progress {
-            return;
+    }
+
+    /// One line an admin can grep for: what was closed, and what is left with the reason.
+    fn inventory(&self) {
+        let closed: Vec<String> = self
+            .progress
+            .done
+            .iter()
+            .filter_map(|s| match s {
+                Step::RemoveDm { name, .. } => Some(name.clone()),
+                Step::StopMd { device, .. } | Step::DetachLoop { device, .. } => {
+                    Some(device.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let mut left: Vec<String> = Vec::new();
+        if let Some(topo) = read_topology() {
+            let below = topo
+                .mounts
+                .iter()
+                .filter(|m| plan::in_scope(&m.mount_point, OLDROOT))
+                .count();
+            if below > 0 {
+                say!("{below} mount(s) still below {OLDROOT}");
+            }
+            let remaining = plan::plan(&topo, &PlanOptions::shutdown());
+            for step in remaining.steps.iter().filter(|s| is_device_step(s)) {
+                let reason = self
+                    .progress
+                    .failed
+                    .get(&step.describe())
+                    .cloned()
+                    .unwrap_or_else(|| "not attempted".into());
+                let name = match step {
+                    Step::RemoveDm { name, .. } => name.clone(),
+                    other => other.closes_device().unwrap_or_default().to_string(),
+                };
+                left.push(format!("{name} ({reason})"));
+            }
         }
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        say!(
+            "inventory: closed: {}; left: {}",
+            list(&closed),
+            list(&left)
+        );
     }
 }
 
-fn step_display_name(step: &Step) -> String {
+/// The inventory file for hooks: what is still mounted below /oldroot and the steps left.
+fn write_inventory_file() {
+    let Some(topo) = read_topology() else { return };
+    let p = plan::plan(&topo, &PlanOptions::shutdown());
+    let text: String = p
+        .steps
+        .iter()
+        .map(|s| format!("{}\n", s.describe()))
+        .collect();
+    let _ = std::fs::write(INVENTORY_FILE, text);
+}
+
+/// After a failed step, say who holds it: processes for a file system, holders and
+/// mounts for a device.
+fn name_blockers(step: &Step) {
     match step {
-        Step::RemoveDm { name, .. } => name.clone(),
-        Step::StopMd { device, .. } | Step::DetachLoop { device, .. } => device.clone(),
-        Step::SwapOff { path, .. } => path.clone(),
-        Step::Unmount { mount_point, .. } => mount_point.clone(),
+        Step::Unmount { mount_point, .. } => {
+            for b in procs::blockers(mount_point).iter().take(10) {
+                say!("  {mount_point} is held by {b}");
+            }
+        }
+        other => {
+            let (Some(device), Some(topo)) = (other.closes_device(), read_topology()) else {
+                return;
+            };
+            if let Some(d) = topo.devices.get(device) {
+                for h in &d.holders {
+                    let name = topo.devices.get(h).map(|x| x.display_name()).unwrap_or(h);
+                    say!("  {} is held by device {name}", d.display_name());
+                }
+                for m in topo
+                    .mounts
+                    .iter()
+                    .filter(|m| m.is_block_backed() && (m.major, m.minor) == (d.major, d.minor))
+                {
+                    say!("  {} is mounted on {}", d.display_name(), m.mount_point);
+                }
+            }
+        }
     }
 }
 
@@ -422,39 +609,34 @@ fn log_outcome(step: &Step, outcome: &Outcome) {
     }
 }
 
-/// One line an admin can grep for: what was closed, and what is left with the reason.
-fn inventory(run: &Run) {
-    let mut left: Vec<String> = Vec::new();
-    if let Some(topo) = read_topology() {
-        let oldroot_mounts = topo
-            .mounts
-            .iter()
-            .filter(|m| plan::in_scope(&m.mount_point, OLDROOT))
-            .count();
-        if oldroot_mounts > 0 {
-            say!("{oldroot_mounts} mount(s) still below {OLDROOT}");
+/// `exitrd.break=shell`: a shell on the console before the final reboot, bounded so an
+/// unattended machine still powers off.
+fn break_shell(limit: Duration) {
+    let Some(shell) = ["/bin/sh", "/sh"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        say!("exitrd.break=shell: no shell in the payload; going on");
+        return;
+    };
+    say!(
+        "exitrd.break=shell: starting {shell}; the shutdown goes on when it exits or after {}s",
+        limit.as_secs()
+    );
+    log::flush_console();
+    let Ok(mut child) = std::process::Command::new(shell).spawn() else {
+        say!("could not start {shell}");
+        return;
+    };
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
         }
-        for d in topo.devices.values().filter(|d| d.is_closable()) {
-            let reason = run
-                .report
-                .failed
-                .get(&d.name)
-                .cloned()
-                .unwrap_or_else(|| "not attempted".into());
-            left.push(format!("{} ({reason})", d.display_name()));
-        }
+        watchdog::sleep(Duration::from_millis(200));
     }
-    let closed = if run.report.closed.is_empty() {
-        "none".to_string()
-    } else {
-        run.report.closed.join(", ")
-    };
-    let left = if left.is_empty() {
-        "none".to_string()
-    } else {
-        left.join(", ")
-    };
-    say!("inventory: closed: {closed}; left: {left}");
+    let _ = child.kill();
+    say!("shell time is up: going on");
 }
 
 #[cfg(test)]
@@ -490,11 +672,36 @@ mod tests {
     }
 
     #[test]
-    fn timespans() {
-        assert_eq!(parse_timespan("1500ms"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_timespan("2min"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_timespan("30"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_timespan("xs"), None);
-        assert_eq!(parse_timespan("5 parsecs"), None);
+    fn budget_stays_inside_systemds_timeout() {
+        let cfg = Config::default();
+        assert_eq!(budget(&cfg, None), Duration::from_secs(60));
+        assert_eq!(
+            budget(&cfg, Some(Duration::from_secs(90))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            budget(&cfg, Some(Duration::from_secs(30))),
+            Duration::from_secs(25)
+        );
+        assert_eq!(
+            budget(&cfg, Some(Duration::from_secs(2))),
+            Duration::from_secs(60)
+        );
+        let short = Config {
+            timeout: Duration::from_secs(20),
+            ..Config::default()
+        };
+        assert_eq!(
+            budget(&short, Some(Duration::from_secs(90))),
+            Duration::from_secs(20)
+        );
+    }
+
+    #[test]
+    fn fault_switches() {
+        assert_eq!(faults("root=/dev/vda quiet"), Faults::default());
+        let f = faults("exitrd.fault=panic exitrd.fault=verb:sing");
+        assert!(f.panic);
+        assert_eq!(f.verb.as_deref(), Some("sing"));
     }
 }

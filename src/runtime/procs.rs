@@ -64,6 +64,58 @@ pub fn list(proc_root: &Path) -> Vec<Proc> {
     procs
 }
 
+fn under(path: &Path, prefix: &str) -> bool {
+    let path = path.to_string_lossy();
+    let path = path.trim_end_matches(" (deleted)");
+    crate::plan::in_scope(path, prefix)
+}
+
+/// How `pid` uses something at or below `prefix`: its root, its working directory, an
+/// open file or a memory-mapped file. `None` if it does not.
+pub fn how_it_holds(proc_root: &Path, pid: i32, prefix: &str) -> Option<String> {
+    let dir = proc_root.join(pid.to_string());
+    for (link, what) in [("root", "root directory"), ("cwd", "working directory")] {
+        if let Ok(target) = fs::read_link(dir.join(link)) {
+            if under(&target, prefix) {
+                return Some(format!("{what} {}", target.display()));
+            }
+        }
+    }
+    if let Ok(fds) = fs::read_dir(dir.join("fd")) {
+        for fd in fds.filter_map(|e| e.ok()) {
+            if let Ok(target) = fs::read_link(fd.path()) {
+                if target.is_absolute() && under(&target, prefix) {
+                    return Some(format!("open file {}", target.display()));
+                }
+            }
+        }
+    }
+    if let Ok(maps) = fs::read_to_string(dir.join("maps")) {
+        // The path is the sixth column and may contain spaces.
+        for line in maps.lines() {
+            if let Some(path) = line.splitn(6, char::is_whitespace).nth(5).map(str::trim) {
+                if path.starts_with('/') && under(Path::new(path), prefix) {
+                    return Some(format!("memory-mapped file {path}"));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// One entry per process that holds something below `prefix`: `PID (comm) via HOW`.
+pub fn blockers(prefix: &str) -> Vec<String> {
+    let proc_root = Path::new("/proc");
+    list(proc_root)
+        .into_iter()
+        .filter_map(|p| {
+            let how = how_it_holds(proc_root, p.pid, prefix)?;
+            let mark = if p.marked { ", spared as @" } else { "" };
+            Some(format!("{} ({}{mark}) via {how}", p.pid, p.comm))
+        })
+        .collect()
+}
+
 fn names(procs: &[Proc]) -> String {
     let shown: Vec<String> = procs
         .iter()
@@ -155,6 +207,22 @@ mod tests {
         let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0";
         assert_ne!(parse_stat(kthread).unwrap().2 & PF_KTHREAD, 0);
         assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn finds_how_a_process_holds_a_path() {
+        let me = std::process::id() as i32;
+        let dir = std::env::temp_dir().join(format!("exitrd-hold-{me}"));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("held file");
+        let _open = fs::File::create(&file).unwrap();
+        let how = how_it_holds(Path::new("/proc"), me, dir.to_str().unwrap()).unwrap();
+        assert_eq!(how, format!("open file {}", file.display()));
+        assert_eq!(
+            how_it_holds(Path::new("/proc"), me, "/nonexistent-prefix"),
+            None
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

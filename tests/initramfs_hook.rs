@@ -1,0 +1,61 @@
+//! The initramfs-tools side, run outside an image build: the hook functions put a hook and
+//! the tools it needs into a payload directory, and the scripts pass `sh -n`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn scripts_parse_and_answer_prereqs() {
+    for script in ["initramfs-tools/hooks/exitrd", "initramfs-tools/scripts/init-bottom/exitrd"] {
+        let ok = Command::new("sh").arg("-n").arg(repo(script)).status().unwrap();
+        assert!(ok.success(), "{script} does not parse");
+        let out = Command::new("sh").arg(repo(script)).arg("prereqs").output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "{script}");
+    }
+}
+
+#[test]
+fn add_hook_copies_the_hook_its_interpreter_and_libraries() {
+    let dest = std::env::temp_dir().join(format!("exitrd-destdir-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dest);
+    fs::create_dir_all(&dest).unwrap();
+    let hook = dest.join("50-export");
+    fs::write(&hook, "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = format!(
+        ". {}\nexitrd_add_hook unmounted {}\n! exitrd_add_hook sometime {} 2>/dev/null\n",
+        repo("share/hook-functions").display(),
+        hook.display(),
+        hook.display()
+    );
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(&script)
+        .env("DESTDIR", &dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let payload = dest.join("exitrd");
+    let copied = payload.join("hooks/unmounted/50-export");
+    assert_eq!(fs::read_to_string(copied).unwrap(), "#!/bin/sh\necho hi\n");
+    assert!(payload.join("bin/sh").exists(), "the interpreter is in the payload");
+    // /bin/sh is dynamically linked on Debian: its C library came along.
+    let ldd = Command::new("ldd").arg("/bin/sh").output().unwrap();
+    let needs_libc = String::from_utf8_lossy(&ldd.stdout).contains("libc.so.6");
+    if needs_libc {
+        let found = Command::new("find")
+            .arg(&payload)
+            .args(["-name", "libc.so.6"])
+            .output()
+            .unwrap();
+        assert!(!found.stdout.is_empty(), "libc.so.6 not copied");
+    }
+    fs::remove_dir_all(&dest).unwrap();
+}
