@@ -12,10 +12,21 @@ fn repo(path: &str) -> std::path::PathBuf {
 
 #[test]
 fn scripts_parse_and_answer_prereqs() {
-    for script in ["initramfs-tools/hooks/exitrd", "initramfs-tools/scripts/init-bottom/exitrd"] {
-        let ok = Command::new("sh").arg("-n").arg(repo(script)).status().unwrap();
+    for script in [
+        "initramfs-tools/hooks/exitrd",
+        "initramfs-tools/scripts/init-bottom/exitrd",
+    ] {
+        let ok = Command::new("sh")
+            .arg("-n")
+            .arg(repo(script))
+            .status()
+            .unwrap();
         assert!(ok.success(), "{script} does not parse");
-        let out = Command::new("sh").arg(repo(script)).arg("prereqs").output().unwrap();
+        let out = Command::new("sh")
+            .arg(repo(script))
+            .arg("prereqs")
+            .output()
+            .unwrap();
         assert!(out.status.success());
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "{script}");
     }
@@ -41,11 +52,18 @@ fn add_hook_copies_the_hook_its_interpreter_and_libraries() {
         .env("DESTDIR", &dest)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let payload = dest.join("exitrd");
     let copied = payload.join("hooks/unmounted/50-export");
     assert_eq!(fs::read_to_string(copied).unwrap(), "#!/bin/sh\necho hi\n");
-    assert!(payload.join("bin/sh").exists(), "the interpreter is in the payload");
+    assert!(
+        payload.join("bin/sh").exists(),
+        "the interpreter is in the payload"
+    );
     // /bin/sh is dynamically linked on Debian: its C library came along.
     let ldd = Command::new("ldd").arg("/bin/sh").output().unwrap();
     let needs_libc = String::from_utf8_lossy(&ldd.stdout).contains("libc.so.6");

@@ -214,6 +214,7 @@ pub fn run(args: &[String]) -> ! {
         deadline: budget,
         progress: Progress::default(),
         faults,
+        initial_devices: Vec::new(),
     };
     shutdown.teardown();
     shutdown.run_hooks("final");
@@ -233,6 +234,10 @@ struct Shutdown {
     deadline: Duration,
     progress: Progress,
     faults: Faults,
+    /// Closable devices when the teardown began (kernel name, display name): the
+    /// inventory counts each as closed once it is gone, whoever removed it (a device
+    /// flagged for deferred removal goes by itself when its file system is unmounted).
+    initial_devices: Vec<(String, String)>,
 }
 
 fn read_topology() -> Option<Topology> {
@@ -348,6 +353,21 @@ impl Shutdown {
             say!("{OLDROOT} is not mounted: not started by systemd's pivot, nothing to take down");
             return;
         }
+        self.initial_devices = topo
+            .devices
+            .values()
+            .filter(|d| d.is_closable())
+            .map(|d| (d.name.clone(), d.display_name().to_string()))
+            .collect();
+        if log::debug_enabled() {
+            for (i, step) in plan::plan(&topo, &PlanOptions::shutdown())
+                .steps
+                .iter()
+                .enumerate()
+            {
+                say!("plan {:>2}: {}", i + 1, step.describe());
+            }
+        }
         self.run_hooks("start");
         procs::end_processes(true, self.cfg.kill_grace);
 
@@ -461,20 +481,27 @@ impl Shutdown {
 
     /// One line an admin can grep for: what was closed, and what is left with the reason.
     fn inventory(&self) {
-        let closed: Vec<String> = self
+        let topo = read_topology();
+        let present = |name: &str| topo.as_ref().is_some_and(|t| t.devices.contains_key(name));
+        // Closed by a step of ours, in the order they went...
+        let mut closed: Vec<String> = self
             .progress
             .done
             .iter()
-            .filter_map(|s| match s {
-                Step::RemoveDm { name, .. } => Some(name.clone()),
-                Step::StopMd { device, .. } | Step::DetachLoop { device, .. } => {
-                    Some(device.clone())
-                }
-                _ => None,
-            })
+            .filter_map(|s| s.closes_device())
+            .filter(|d| !present(d))
+            .filter_map(|d| self.initial_devices.iter().find(|(n, _)| n == d))
+            .map(|(_, display)| display.clone())
             .collect();
+        // ...then those that went by themselves (deferred removal).
+        for (name, display) in &self.initial_devices {
+            if !present(name) && !closed.contains(display) {
+                say!("{display} ({name}) is gone: removed by the kernel when its last user closed it");
+                closed.push(display.clone());
+            }
+        }
         let mut left: Vec<String> = Vec::new();
-        if let Some(topo) = read_topology() {
+        if let Some(topo) = &topo {
             let below = topo
                 .mounts
                 .iter()
@@ -483,7 +510,7 @@ impl Shutdown {
             if below > 0 {
                 say!("{below} mount(s) still below {OLDROOT}");
             }
-            let remaining = plan::plan(&topo, &PlanOptions::shutdown());
+            let remaining = plan::plan(topo, &PlanOptions::shutdown());
             for step in remaining.steps.iter().filter(|s| is_device_step(s)) {
                 let reason = self
                     .progress
