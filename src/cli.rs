@@ -40,15 +40,35 @@ pub enum Command {
     },
     /// Mount a dedicated exec tmpfs on /run/initramfs and copy the payload into it.
     ///
-    /// Run at boot by the initramfs-tools init-bottom script. Files already in the target
-    /// are kept; an earlier exitrd tmpfs there is replaced in one step.
+    /// Run at boot by the initramfs-tools init-bottom script with --payload; without it,
+    /// the payload is built from the installed files the same way update-initramfs does
+    /// (the repair path of exitrd.service, and the refresh after a package upgrade).
+    /// Files already in the target are kept; an earlier exitrd tmpfs there is replaced
+    /// in one step.
     Prepare {
         /// Directory holding the payload (at least an executable 'shutdown').
         #[arg(long, value_name = "DIR")]
-        payload: PathBuf,
+        payload: Option<PathBuf>,
         /// Where systemd looks for the exitrd.
         #[arg(long, value_name = "DIR", default_value = "/run/initramfs")]
         target: PathBuf,
+    },
+    /// Say whether the next shutdown will pivot into exitrd and whether its plan covers
+    /// the storage; for each problem, the command that fixes it.
+    ///
+    /// Exit status: 0 ready, 1 not ready, 2 error.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Repair what can be repaired (rebuild /run/initramfs from the installed files),
+        /// then check again. Used by exitrd.service at boot.
+        #[arg(long)]
+        repair: bool,
+        /// Check the system below this directory (a captured tree; binaries there are
+        /// not run).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
     },
     /// Run the shutdown as PID 1 (what /run/initramfs/shutdown does). Refuses otherwise.
     Shutdown {
@@ -140,4 +160,70 @@ pub fn plan_command(root: &PathBuf, json: bool, exitrd_view: bool) -> i32 {
         println!("warning: {w}");
     }
     0
+}
+
+pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
+    use crate::status;
+    let live = root == std::path::Path::new("/");
+    let mut s = match status::check(root, live) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "exitrd: cannot check the system below {}: {e}",
+                root.display()
+            );
+            return 2;
+        }
+    };
+    let repairable = |s: &status::Status| {
+        s.checks
+            .iter()
+            .any(|c| !c.ok && (c.name == "exec-mount" || c.name == "payload"))
+    };
+    if repair && live && repairable(&s) {
+        let target = std::path::Path::new("/run/initramfs");
+        match crate::payload::prepare_installed(
+            std::path::Path::new(crate::payload::INSTALLED_HOOK),
+            target,
+        ) {
+            Ok(summary) => eprintln!("exitrd: repaired: {summary}"),
+            Err(e) => eprintln!("exitrd: repair failed: {e}"),
+        }
+        match status::check(root, live) {
+            Ok(again) => s = again,
+            Err(e) => {
+                eprintln!("exitrd: cannot check the system again: {e}");
+                return 2;
+            }
+        }
+    }
+    if json {
+        match serde_json::to_string_pretty(&s) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("exitrd: {e}");
+                return 2;
+            }
+        }
+    } else {
+        status::print_human(&s);
+    }
+    if !s.ready && repair {
+        // <4> is the journal's warning priority for a unit's stderr.
+        let reasons: Vec<&str> = s
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.detail.as_str())
+            .collect();
+        eprintln!(
+            "<4>exitrd: WARNING: the next shutdown will NOT take the storage stack apart: {}",
+            reasons.join("; ")
+        );
+    }
+    if s.ready {
+        0
+    } else {
+        1
+    }
 }

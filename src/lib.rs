@@ -7,5 +7,6 @@ pub mod config;
 pub mod payload;
 pub mod plan;
 pub mod runtime;
+pub mod status;
 pub mod teardown;
 pub mod topology;

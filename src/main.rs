@@ -26,6 +26,14 @@ fn main() {
         refuse_unless_pid1();
         runtime::run(&args[1..]);
     }
+    // A command-line tool piped into `head` should end quietly, not panic on EPIPE.
+    // SAFETY: setting a signal disposition to its default runs no code of ours.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let cli = cli::Cli::parse();
     let code = match cli.command {
         cli::Command::Plan {
@@ -33,7 +41,11 @@ fn main() {
             json,
             exitrd_view,
         } => cli::plan_command(&root, json, exitrd_view),
-        cli::Command::Prepare { payload, target } => match payload::prepare(&payload, &target) {
+        cli::Command::Status { json, repair, root } => cli::status_command(&root, json, repair),
+        cli::Command::Prepare { payload, target } => match match &payload {
+            Some(dir) => payload::prepare(dir, &target),
+            None => payload::prepare_installed(Path::new(payload::INSTALLED_HOOK), &target),
+        } {
             Ok(summary) => {
                 eprintln!("exitrd: {summary}");
                 0

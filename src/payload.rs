@@ -153,6 +153,45 @@ pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
     ))
 }
 
+/// The initramfs-tools hook that builds the payload into an image.
+pub const INSTALLED_HOOK: &str = "/usr/share/initramfs-tools/hooks/exitrd";
+
+/// Builds the payload from the installed files, exactly as it goes into an initramfs
+/// image: by running the package's initramfs-tools hook with `DESTDIR` set to a scratch
+/// directory. Returns the scratch directory; the payload is its `exitrd/` subdirectory.
+pub fn assemble_installed(hook: &Path, scratch_parent: &Path) -> io::Result<PathBuf> {
+    let scratch = scratch_parent.join(format!(".exitrd-build-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch)?;
+    let out = std::process::Command::new("sh")
+        .arg(hook)
+        .env("DESTDIR", &scratch)
+        .env("verbose", "n")
+        .output()
+        .map_err(|e| e.with_context(format!("run {}", hook.display())))?;
+    if !out.stderr.is_empty() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    if !out.status.success() || !scratch.join("exitrd/shutdown").exists() {
+        let _ = fs::remove_dir_all(&scratch);
+        return Err(io::Error::other(format!(
+            "{} did not produce a payload ({})",
+            hook.display(),
+            out.status
+        )));
+    }
+    Ok(scratch)
+}
+
+/// `exitrd prepare` without `--payload`: build from the installed files, then prepare.
+pub fn prepare_installed(hook: &Path, target: &Path) -> io::Result<String> {
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    let scratch = assemble_installed(hook, parent)?;
+    let result = prepare(&scratch.join("exitrd"), target);
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,85 @@
+//! `exitrd prepare` for real: mounts a tmpfs, so it needs root (CI runs as root).
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+fn mounts_at(path: &Path) -> Vec<String> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines()
+        .filter(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() {
+    assert!(
+        std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").unwrap()) == 0,
+        "this test mounts a tmpfs: run the suite as root (sh scripts/test does)"
+    );
+    let base = std::env::temp_dir().join(format!("exitrd-prepare-{}", std::process::id()));
+    let payload = base.join("payload");
+    let target = base.join("run/initramfs");
+    fs::create_dir_all(&payload).unwrap();
+    fs::create_dir_all(&target).unwrap();
+    fs::copy(env!("CARGO_BIN_EXE_exitrd"), payload.join("exitrd")).unwrap();
+    symlink("exitrd", payload.join("shutdown")).unwrap();
+    fs::write(target.join("fsck.log"), "kept").unwrap();
+
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_exitrd"))
+            .args(["prepare", "--payload"])
+            .arg(&payload)
+            .arg("--target")
+            .arg(&target)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = mounts_at(&target);
+    assert_eq!(m.len(), 1, "{m:?}");
+    let line = &m[0];
+    assert!(line.contains(" - tmpfs exitrd "), "{line}");
+    assert!(
+        line.contains("nosuid") && line.contains("nodev") && !line.contains("noexec"),
+        "{line}"
+    );
+    assert!(line.contains("mode=700"), "{line}");
+    assert_eq!(fs::read_to_string(target.join("fsck.log")).unwrap(), "kept");
+    assert_eq!(
+        fs::read_link(target.join("shutdown")).unwrap(),
+        Path::new("exitrd")
+    );
+    let mode = fs::metadata(target.join("shutdown"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_ne!(mode & 0o111, 0);
+    // The copied binary runs from there: the mount is really exec.
+    let v = Command::new(target.join("exitrd"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("exitrd "));
+
+    // Again: refreshed in place, still exactly one mount, files still kept.
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refreshed"));
+    assert_eq!(mounts_at(&target).len(), 1);
+    assert_eq!(fs::read_to_string(target.join("fsck.log")).unwrap(), "kept");
+
+    nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    fs::remove_dir_all(&base).unwrap();
+}
