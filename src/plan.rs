@@ -53,13 +53,20 @@ pub struct PlanOptions {
     pub scope: String,
     /// Leave out API and memory file systems (the live view).
     pub skip_api_mounts: bool,
+    /// Where mounts that must outlive their parent are moved to (see [`Step::MoveOut`]);
+    /// mounts there are in scope too.
+    pub held_dir: String,
 }
+
+/// Inside the exitrd: a directory of its own tmpfs root.
+pub const HELD_DIR: &str = "/exitrd-held";
 
 impl PlanOptions {
     pub fn live() -> Self {
         PlanOptions {
             scope: "/".into(),
             skip_api_mounts: true,
+            held_dir: HELD_DIR.into(),
         }
     }
 
@@ -67,6 +74,7 @@ impl PlanOptions {
         PlanOptions {
             scope: "/oldroot".into(),
             skip_api_mounts: false,
+            held_dir: HELD_DIR.into(),
         }
     }
 }
@@ -74,6 +82,14 @@ impl PlanOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Step {
+    /// Move a mount out of the old root because something below the old root's own
+    /// mount still needs it: the medium holding a live system's squashfs, the file
+    /// system of an MD array's external bitmap, an overlay's layers. It is unmounted
+    /// from its new place once what needs it is gone.
+    MoveOut {
+        mount_point: String,
+        to: String,
+    },
     SwapOff {
         path: String,
         device: Option<String>,
@@ -103,6 +119,9 @@ impl Step {
     /// One line for humans: what will be done to what.
     pub fn describe(&self) -> String {
         match self {
+            Step::MoveOut { mount_point, to } => {
+                format!("move {mount_point} out of the way to {to} (still needed)")
+            }
             Step::SwapOff { path, .. } => format!("swapoff {path}"),
             Step::Unmount {
                 mount_point,
@@ -129,7 +148,7 @@ impl Step {
             Step::RemoveDm { device, .. }
             | Step::StopMd { device, .. }
             | Step::DetachLoop { device, .. } => Some(device),
-            Step::SwapOff { .. } | Step::Unmount { .. } => None,
+            Step::MoveOut { .. } | Step::SwapOff { .. } | Step::Unmount { .. } => None,
         }
     }
 }
@@ -164,12 +183,58 @@ fn mount_holding(topo: &Topology, candidates: &[usize], path: &str) -> Option<us
         .max_by_key(|&i| (topo.mounts[i].mount_point.len(), topo.mounts[i].id))
 }
 
+/// The directories an overlay mount is built from (`lowerdir`, `upperdir`, `workdir`,
+/// and the `lowerdir+`/`datadir+` forms), from its super options. Commas and colons
+/// inside paths are backslash-escaped there.
+pub fn overlay_layers(super_options: &str) -> Vec<String> {
+    // Splits on unescaped `sep`; `unescape` drops the backslashes (last pass only).
+    fn split(text: &str, sep: char, unescape: bool) -> Vec<String> {
+        let mut parts = Vec::new();
+        let mut part = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if !unescape {
+                        part.push(c);
+                    }
+                    part.extend(chars.next());
+                }
+                c if c == sep => parts.push(std::mem::take(&mut part)),
+                c => part.push(c),
+            }
+        }
+        parts.push(part);
+        parts
+    }
+    let mut layers = Vec::new();
+    for opt in split(super_options, ',', false) {
+        let Some((key, value)) = opt.split_once('=') else {
+            continue;
+        };
+        match key {
+            "lowerdir" => layers.extend(
+                split(value, ':', true)
+                    .into_iter()
+                    .filter(|l| !l.is_empty()),
+            ),
+            "upperdir" | "workdir" | "lowerdir+" | "datadir+" => {
+                layers.extend(split(value, '\0', true))
+            }
+            _ => {}
+        }
+    }
+    layers
+}
+
 /// The mounts the plan takes down, in mountinfo order.
 pub fn mounts_in_scope(topo: &Topology, opts: &PlanOptions) -> Vec<usize> {
     topo.mounts
         .iter()
         .enumerate()
-        .filter(|(_, m)| in_scope(&m.mount_point, &opts.scope))
+        .filter(|(_, m)| {
+            in_scope(&m.mount_point, &opts.scope) || in_scope(&m.mount_point, &opts.held_dir)
+        })
         .filter(|(_, m)| !(opts.skip_api_mounts && API_FSTYPES.contains(&m.fstype.as_str())))
         .map(|(i, _)| i)
         .collect()
@@ -190,31 +255,54 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
     nodes.extend((0..devices.len()).map(Node::Device));
     let node_index: BTreeMap<Node, usize> =
         nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    let mut successors: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    // A tree edge (child mount before parent mount) is the one kind of edge that can be
+    // broken: by moving the child out of the way (Step::MoveOut).
+    let mut successors: Vec<Vec<(usize, bool)>> = vec![Vec::new(); nodes.len()];
     let mut indegree = vec![0usize; nodes.len()];
-    let mut before = |a: Node, b: Node| {
+    let mut needed = vec![false; nodes.len()];
+    let mut edge = |a: Node, b: Node, tree: bool| {
         if let (Some(&a), Some(&b)) = (node_index.get(&a), node_index.get(&b)) {
             if a != b {
-                successors[a].push(b);
+                successors[a].push((b, tree));
                 indegree[b] += 1;
+                if !tree {
+                    needed[b] = true;
+                }
             }
         }
     };
     let dev_node = |name: &str| device_index.get(name).map(|&i| Node::Device(i));
     let mount_by_id: BTreeMap<u32, usize> =
         mounts.iter().map(|&i| (topo.mounts[i].id, i)).collect();
+    // Paths recorded when something was set up may predate the pivot: inside the
+    // exitrd, look below the old root first.
+    let holding = |path: &str| -> Option<usize> {
+        if in_scope(path, &opts.scope) {
+            mount_holding(topo, &mounts, path)
+        } else {
+            let below = format!("{}{path}", opts.scope.trim_end_matches('/'));
+            mount_holding(topo, &mounts, &below).or_else(|| mount_holding(topo, &mounts, path))
+        }
+    };
 
     for &i in &mounts {
         let m = &topo.mounts[i];
         if let Some(&p) = mount_by_id.get(&m.parent) {
-            before(Node::Mount(i), Node::Mount(p));
+            edge(Node::Mount(i), Node::Mount(p), true);
         }
         if let Some(d) = topo
             .device_by_number(m.major, m.minor)
             .filter(|_| m.is_block_backed())
         {
             if let Some(n) = dev_node(&d.name) {
-                before(Node::Mount(i), n);
+                edge(Node::Mount(i), n, false);
+            }
+        }
+        if m.fstype == "overlay" {
+            for layer in overlay_layers(&m.super_options) {
+                if let Some(l) = holding(&layer).filter(|&l| l != i) {
+                    edge(Node::Mount(i), Node::Mount(l), false);
+                }
             }
         }
     }
@@ -222,12 +310,12 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
         match topo.device_by_path(&swap.path) {
             Some(d) => {
                 if let Some(n) = dev_node(&d.name) {
-                    before(Node::Swap(s), n);
+                    edge(Node::Swap(s), n, false);
                 }
             }
             None => {
                 if let Some(m) = mount_holding(topo, &mounts, &swap.path) {
-                    before(Node::Swap(s), Node::Mount(m));
+                    edge(Node::Swap(s), Node::Mount(m), false);
                 }
             }
         }
@@ -235,7 +323,7 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
     for (i, d) in devices.iter().enumerate() {
         for h in &d.holders {
             if let Some(n) = dev_node(h) {
-                before(n, Node::Device(i));
+                edge(n, Node::Device(i), false);
             }
         }
         match &d.kind {
@@ -243,17 +331,22 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
                 parent: Some(parent),
             } => {
                 if let Some(n) = dev_node(parent) {
-                    before(Node::Device(i), n);
+                    edge(Node::Device(i), n, false);
                 }
             }
             DevKind::Loop {
                 backing_file: Some(file),
             } => {
-                if let Some(m) = mount_holding(topo, &mounts, file) {
-                    before(Node::Device(i), Node::Mount(m));
+                if let Some(m) = holding(file) {
+                    edge(Node::Device(i), Node::Mount(m), false);
                 }
             }
             _ => {}
+        }
+        if let Some(file) = topo.md_bitmap_files.get(&d.name) {
+            if let Some(m) = holding(file) {
+                edge(Node::Device(i), Node::Mount(m), false);
+            }
         }
     }
 
@@ -307,8 +400,10 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
             ready.push(Reverse((priority(n), i)));
         }
     }
-    let mut order = Vec::with_capacity(nodes.len());
+    let mut order: Vec<Node> = Vec::with_capacity(nodes.len());
     let mut done = vec![false; nodes.len()];
+    let mut moved_to: BTreeMap<usize, String> = BTreeMap::new();
+    let mut moves: Vec<(usize, usize)> = Vec::new(); // (position in order, mount index)
     let mut warnings = Vec::new();
     loop {
         while let Some(Reverse((_, i))) = ready.pop() {
@@ -317,7 +412,7 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
             }
             done[i] = true;
             order.push(nodes[i]);
-            for &s in &successors[i] {
+            for &(s, _) in &successors[i] {
                 if done[s] {
                     continue;
                 }
@@ -327,8 +422,39 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
                 }
             }
         }
-        // A cycle leaves nodes behind: release the most urgent one and go on, so the
-        // plan is always complete.
+        if done.iter().all(|d| *d) {
+            break;
+        }
+        // Stuck: a mount that something still needs sits below a mount that cannot go
+        // before it. Move every such mount out of the way, which frees its parent.
+        let mut freed = false;
+        for i in 0..nodes.len() {
+            let Node::Mount(m) = nodes[i] else { continue };
+            if done[i] || !needed[i] || moved_to.contains_key(&i) {
+                continue;
+            }
+            let Some(k) = successors[i].iter().position(|&(p, tree)| tree && !done[p]) else {
+                continue;
+            };
+            let (parent, _) = successors[i].remove(k);
+            indegree[parent] = indegree[parent].saturating_sub(1);
+            if indegree[parent] == 0 {
+                ready.push(Reverse((priority(nodes[parent]), parent)));
+            }
+            let to = format!(
+                "{}/{}",
+                opts.held_dir.trim_end_matches('/'),
+                topo.mounts[m].id
+            );
+            moved_to.insert(i, to);
+            moves.push((order.len(), m));
+            freed = true;
+        }
+        if freed {
+            continue;
+        }
+        // A cycle without such a mount (should never happen): release the most urgent
+        // node and go on, so the plan is always complete.
         let Some(i) = (0..nodes.len())
             .filter(|&i| !done[i])
             .min_by_key(|&i| priority(nodes[i]))
@@ -339,10 +465,15 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
         indegree[i] = 0;
         ready.push(Reverse((priority(nodes[i]), i)));
     }
+    let moved_path = |m: usize| -> Option<String> {
+        node_index
+            .get(&Node::Mount(m))
+            .and_then(|i| moved_to.get(i))
+            .cloned()
+    };
 
-    let steps = order
-        .into_iter()
-        .filter_map(|n| match n {
+    let node_step = |n: Node| -> Option<Step> {
+        match n {
             Node::Swap(s) => {
                 let swap = &topo.swaps[s];
                 Some(Step::SwapOff {
@@ -353,7 +484,7 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
             Node::Mount(i) => {
                 let m = &topo.mounts[i];
                 Some(Step::Unmount {
-                    mount_point: m.mount_point.clone(),
+                    mount_point: moved_path(i).unwrap_or_else(|| m.mount_point.clone()),
                     fstype: m.fstype.clone(),
                     source: m.source.clone(),
                     device: topo
@@ -363,8 +494,19 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
                 })
             }
             Node::Device(d) => device_step(devices[d]),
-        })
-        .collect();
+        }
+    };
+    let mut steps = Vec::new();
+    let mut pending_moves = moves.into_iter().peekable();
+    for (pos, n) in order.into_iter().enumerate() {
+        while let Some((_, m)) = pending_moves.next_if(|&(at, _)| at <= pos) {
+            steps.push(Step::MoveOut {
+                mount_point: topo.mounts[m].mount_point.clone(),
+                to: moved_path(m).unwrap_or_default(),
+            });
+        }
+        steps.extend(node_step(n));
+    }
     Plan {
         scope: opts.scope.clone(),
         steps,

@@ -86,6 +86,7 @@ fn lvm_luks_md(mountinfo_text: &str) -> Topology {
         mounts: mountinfo::parse(mountinfo_text).unwrap(),
         swaps: Vec::new(),
         devices: devices.into_iter().map(|d| (d.name.clone(), d)).collect(),
+        md_bitmap_files: Default::default(),
         warnings: Vec::new(),
     }
 }
@@ -212,6 +213,7 @@ fn loop_is_detached_after_its_fs_and_before_the_mount_of_its_backing_file() {
         mounts: mountinfo::parse(text).unwrap(),
         swaps: Vec::new(),
         devices: devices.into_iter().map(|d| (d.name.clone(), d)).collect(),
+        md_bitmap_files: Default::default(),
         warnings: Vec::new(),
     };
     let p = plan(&topo, &PlanOptions::live());
@@ -237,6 +239,7 @@ fn a_cycle_is_reported_and_the_plan_stays_complete() {
         mounts: Vec::new(),
         swaps: Vec::new(),
         devices: devices.into_iter().map(|d| (d.name.clone(), d)).collect(),
+        md_bitmap_files: Default::default(),
         warnings: Vec::new(),
     };
     let p = plan(&topo, &PlanOptions::live());
@@ -272,4 +275,144 @@ fn scope_matching_is_by_path_component() {
     assert!(in_scope("/oldroot/dev", "/oldroot"));
     assert!(!in_scope("/oldrootfs", "/oldroot"));
     assert!(in_scope("/anything", "/"));
+}
+
+fn topo_of(
+    mountinfo_text: &str,
+    devices: Vec<BlockDev>,
+    md_bitmap_files: &[(&str, &str)],
+) -> Topology {
+    Topology {
+        mounts: mountinfo::parse(mountinfo_text).unwrap(),
+        swaps: Vec::new(),
+        devices: devices.into_iter().map(|d| (d.name.clone(), d)).collect(),
+        md_bitmap_files: md_bitmap_files
+            .iter()
+            .map(|(a, f)| (a.to_string(), f.to_string()))
+            .collect(),
+        warnings: Vec::new(),
+    }
+}
+
+fn position(p: &Plan, text: &str) -> usize {
+    let steps = described(p);
+    steps
+        .iter()
+        .position(|s| s == text)
+        .unwrap_or_else(|| panic!("no step {text:?} in {steps:#?}"))
+}
+
+/// live-boot's layout inside the exitrd: the root is an overlay whose lower layer is a
+/// squashfs on a loop device whose file is on the boot medium, all mounted below the
+/// overlay itself (in /run/live).
+#[test]
+fn live_system_moves_what_the_overlay_needs_out_of_the_way() {
+    let text = "\
+30 1 0:26 / / rw - tmpfs exitrd rw
+29 30 0:40 / /oldroot ro - overlay overlay ro,lowerdir=/run/live/rootfs/filesystem.squashfs/,upperdir=/run/live/overlay/rw,workdir=/run/live/overlay/work
+28 29 0:25 / /oldroot/run rw - tmpfs tmpfs rw
+40 28 11:0 / /oldroot/run/live/medium ro - iso9660 /dev/sr0 ro
+41 28 7:0 / /oldroot/run/live/rootfs/filesystem.squashfs ro - squashfs /dev/loop0 ro
+42 28 0:41 / /oldroot/run/live/overlay rw - tmpfs tmpfs rw
+";
+    let devices = vec![
+        dev("sr0", 11, 0, DevKind::Disk, &[], &[]),
+        dev(
+            "loop0",
+            7,
+            0,
+            DevKind::Loop {
+                backing_file: Some("/oldroot/run/live/medium/live/filesystem.squashfs".into()),
+            },
+            &[],
+            &[],
+        ),
+    ];
+    let topo = topo_of(text, devices, &[]);
+    let p = plan(&topo, &PlanOptions::shutdown());
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let mv_medium = position(
+        &p,
+        "move /oldroot/run/live/medium out of the way to /exitrd-held/40 (still needed)",
+    );
+    let mv_squash = position(&p, "move /oldroot/run/live/rootfs/filesystem.squashfs out of the way to /exitrd-held/41 (still needed)");
+    let mv_upper = position(
+        &p,
+        "move /oldroot/run/live/overlay out of the way to /exitrd-held/42 (still needed)",
+    );
+    let run = position(&p, "unmount /oldroot/run (tmpfs on tmpfs)");
+    let root = position(&p, "unmount /oldroot (overlay on overlay)");
+    let squash = position(&p, "unmount /exitrd-held/41 (squashfs on /dev/loop0)");
+    let upper = position(&p, "unmount /exitrd-held/42 (tmpfs on tmpfs)");
+    let detach = position(
+        &p,
+        "detach loop device loop0 from /oldroot/run/live/medium/live/filesystem.squashfs",
+    );
+    let medium = position(&p, "unmount /exitrd-held/40 (iso9660 on /dev/sr0)");
+    assert!(mv_medium.max(mv_squash).max(mv_upper) < run);
+    assert!(run < root && root < squash && root < upper);
+    assert!(squash < detach && detach < medium);
+    assert_eq!(p.steps.len(), 9);
+}
+
+/// A live view of the same system (before the pivot) needs no move: nothing there is
+/// taken down but the plan shows the same dependencies.
+#[test]
+fn overlay_layers_parse_escapes_and_new_syntax() {
+    assert_eq!(
+        overlay_layers("rw,lowerdir=/a\\:b:/c,upperdir=/u\\,v,workdir=/w,redirect_dir=on"),
+        vec!["/a:b", "/c", "/u,v", "/w"]
+    );
+    assert_eq!(
+        overlay_layers("ro,lowerdir+=/l1,lowerdir+=/l2,datadir+=/d"),
+        vec!["/l1", "/l2", "/d"]
+    );
+    assert!(overlay_layers("rw,relatime").is_empty());
+}
+
+/// Root on an MD RAID1 whose write-intent bitmap is a file on another disk's file
+/// system, mounted below the root: the array must stop before that file system goes.
+#[test]
+fn md_external_bitmap_stops_the_array_before_unmounting_the_bitmap() {
+    let text = "\
+30 1 0:26 / / rw - tmpfs exitrd rw
+29 30 9:0 / /oldroot ro - ext4 /dev/md0 ro
+31 29 254:33 / /oldroot/bitmap rw - ext4 /dev/vdc1 rw
+";
+    let devices = vec![
+        dev("vda", 254, 0, DevKind::Disk, &["md0"], &[]),
+        dev("vdb", 254, 16, DevKind::Disk, &["md0"], &[]),
+        dev("vdc", 254, 32, DevKind::Disk, &[], &[]),
+        dev(
+            "vdc1",
+            254,
+            33,
+            DevKind::Partition {
+                parent: Some("vdc".into()),
+            },
+            &[],
+            &[],
+        ),
+        dev(
+            "md0",
+            9,
+            0,
+            DevKind::Md {
+                level: "raid1".into(),
+            },
+            &[],
+            &["vda", "vdb"],
+        ),
+    ];
+    let topo = topo_of(text, devices, &[("md0", "/oldroot/bitmap/md0.bitmap")]);
+    let p = plan(&topo, &PlanOptions::shutdown());
+    assert_eq!(
+        described(&p),
+        vec![
+            "move /oldroot/bitmap out of the way to /exitrd-held/31 (still needed)",
+            "unmount /oldroot (ext4 on /dev/md0)",
+            "stop MD array md0 (raid1)",
+            "unmount /exitrd-held/31 (ext4 on /dev/vdc1)",
+        ]
+    );
 }

@@ -591,6 +591,17 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
         devnode::node_for(&d.name, d.major, d.minor)
     };
     match step.clone() {
+        Step::MoveOut { mount_point, to } => bounded(timeout, move || {
+            std::fs::create_dir_all(&to)?;
+            nix::mount::mount(
+                Some(mount_point.as_str()),
+                to.as_str(),
+                None::<&str>,
+                nix::mount::MsFlags::MS_MOVE,
+                None::<&str>,
+            )
+            .map_err(io::Error::from)
+        }),
         Step::SwapOff { path, .. } => bounded(timeout, move || swap::swapoff(Path::new(&path))),
         Step::Unmount { mount_point, .. } => bounded(timeout, move || {
             nix::mount::umount2(mount_point.as_str(), nix::mount::MntFlags::empty())
@@ -614,6 +625,7 @@ fn log_outcome(step: &Step, outcome: &Outcome) {
         return;
     };
     match step {
+        Step::MoveOut { mount_point, to } => say!("moved {mount_point} to {to}: still needed"),
         Step::SwapOff { path, .. } => say!("swapoff {path}"),
         Step::Unmount {
             mount_point,

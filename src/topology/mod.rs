@@ -17,6 +17,9 @@ pub struct Topology {
     pub mounts: Vec<Mount>,
     pub swaps: Vec<Swap>,
     pub devices: BTreeMap<String, BlockDev>,
+    /// MD arrays with a write-intent bitmap in a file: array name -> file path, from
+    /// `proc/mdstat` (sysfs only says "file").
+    pub md_bitmap_files: BTreeMap<String, String>,
     /// Problems met while reading, kept so they can be reported instead of aborting.
     pub warnings: Vec<String>,
 }
@@ -41,6 +44,9 @@ impl Topology {
             }
         };
         let devices = block::read(root);
+        let md_bitmap_files = std::fs::read_to_string(root.join("proc/mdstat"))
+            .map(|t| mdstat_bitmap_files(&t))
+            .unwrap_or_default();
         if devices.is_empty() {
             warnings.push("sys/class/block: no block devices found".into());
         }
@@ -48,6 +54,7 @@ impl Topology {
             mounts,
             swaps,
             devices,
+            md_bitmap_files,
             warnings,
         })
     }
@@ -69,5 +76,48 @@ impl Topology {
             });
         }
         self.devices.get(name)
+    }
+}
+
+/// Bitmap files from `/proc/mdstat`: an array's paragraph starts with `md0 : active ...`
+/// and may have a line `bitmap: 1/1 pages [4KB], 64KB chunk, file: /path`.
+pub fn mdstat_bitmap_files(text: &str) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let mut array: Option<String> = None;
+    for line in text.lines() {
+        if let Some((name, _)) = line.split_once(" : ") {
+            if !line.starts_with(char::is_whitespace) {
+                array = Some(name.trim().to_string());
+                continue;
+            }
+        }
+        if let (Some(a), Some((_, file))) = (&array, line.split_once("file: ")) {
+            if line.trim_start().starts_with("bitmap:") {
+                files.insert(a.clone(), mountinfo::unescape(file.trim()));
+            }
+        }
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_files_from_mdstat() {
+        let text = "Personalities : [raid1]\n\
+md1 : active raid1 vdc[1] vdb[0]\n\
+      1046528 blocks super 1.2 [2/2] [UU]\n\
+      bitmap: 0/1 pages [0KB], 65536KB chunk, file: /oldroot/bitmap/md1\\040map\n\
+\n\
+md0 : active raid1 vda[0] vdd[1]\n\
+      1046528 blocks super 1.2 [2/2] [UU]\n\
+      bitmap: 1/1 pages [4KB], 65536KB chunk\n\
+\n\
+unused devices: <none>\n";
+        let files = mdstat_bitmap_files(text);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files["md1"], "/oldroot/bitmap/md1 map");
     }
 }

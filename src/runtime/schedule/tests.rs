@@ -74,6 +74,7 @@ impl Fake {
                 mounts,
                 swaps: Vec::new(),
                 devices: devices.into_iter().map(|d| (d.name.clone(), d)).collect(),
+                md_bitmap_files: Default::default(),
                 warnings: Vec::new(),
             },
             clock: Duration::ZERO,
