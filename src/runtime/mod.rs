@@ -123,6 +123,22 @@ fn reset_signals() {
     }
 }
 
+/// Started some other way than by systemd's pivot (as `rdinit=`, say), /proc, /sys and
+/// /dev may be missing: mount them, or nothing can be read or logged.
+fn ensure_api_mounts() {
+    use nix::mount::{mount, MsFlags};
+    for (dir, probe, fstype) in [
+        ("/proc", "/proc/self", "proc"),
+        ("/sys", "/sys/class", "sysfs"),
+        ("/dev", "/dev/null", "devtmpfs"),
+    ] {
+        if !Path::new(probe).exists() {
+            let _ = std::fs::create_dir_all(dir);
+            let _ = mount(Some(fstype), dir, Some(fstype), MsFlags::MS_NOSUID, None::<&str>);
+        }
+    }
+}
+
 /// Test-only faults from the kernel command line, see [`FAULTS_ALLOWED_FILE`].
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Faults {
@@ -168,6 +184,7 @@ fn load_config(cmdline: &str) -> Config {
 pub fn run(args: &[String]) -> ! {
     let started = Instant::now();
     reset_signals();
+    ensure_api_mounts();
     let mut parsed = parse_args(args);
     VERB_FOR_PANIC.store(
         verb_code(parsed.verb.unwrap_or(Verb::Reboot)),

@@ -70,16 +70,17 @@ fn under(path: &Path, prefix: &str) -> bool {
     crate::plan::in_scope(path, prefix)
 }
 
-/// How `pid` uses something at or below `prefix`: its root, its working directory, an
-/// open file or a memory-mapped file. `None` if it does not.
+/// How `pid` uses something at or below `prefix`: its working directory, an open file, a
+/// memory-mapped file, or its root directory. `None` if it does not.
 pub fn how_it_holds(proc_root: &Path, pid: i32, prefix: &str) -> Option<String> {
     let dir = proc_root.join(pid.to_string());
-    for (link, what) in [("root", "root directory"), ("cwd", "working directory")] {
-        if let Ok(target) = fs::read_link(dir.join(link)) {
-            if under(&target, prefix) {
-                return Some(format!("{what} {}", target.display()));
-            }
-        }
+    let link_under = |link: &str| {
+        fs::read_link(dir.join(link))
+            .ok()
+            .filter(|target| under(target, prefix))
+    };
+    if let Some(cwd) = link_under("cwd") {
+        return Some(format!("working directory {}", cwd.display()));
     }
     if let Ok(fds) = fs::read_dir(dir.join("fd")) {
         for fd in fds.filter_map(|e| e.ok()) {
@@ -100,7 +101,8 @@ pub fn how_it_holds(proc_root: &Path, pid: i32, prefix: &str) -> Option<String> 
             }
         }
     }
-    None
+    // Every process of the old system has its root there: the least specific reason.
+    link_under("root").map(|root| format!("root directory {}", root.display()))
 }
 
 /// One entry per process that holds something below `prefix`: `PID (comm) via HOW`.
