@@ -1,0 +1,20 @@
+#!/bin/sh
+# Fault: an admin's exitrd hook that never returns, added the documented way
+# (/etc/exitrd/hooks/STAGE/) and put in place with 'exitrd prepare'. exitrd must kill it
+# after the step timeout and finish the shutdown.
+set -eu
+log() { printf 'harness: %s\n' "$*" >/dev/kmsg; }
+
+install -d /etc/exitrd/hooks/unmounted
+cat >/etc/exitrd/hooks/unmounted/50-hang <<'HOOK'
+#!/bin/sh
+echo "50-hang: looping forever"
+while :; do :; done
+HOOK
+chmod 0755 /etc/exitrd/hooks/unmounted/50-hang
+exitrd prepare 2>/dev/kmsg
+if [ -x /run/initramfs/hooks/unmounted/50-hang ] && [ -x /run/initramfs/bin/sh ]; then
+	log "hang hook in the payload, with /bin/sh"
+else
+	log "FAIL: the hang hook is not in the payload"
+fi

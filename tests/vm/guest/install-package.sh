@@ -1,0 +1,22 @@
+#!/bin/sh
+# Package stage: install exitrd.deb from the HARNESS disk into the booted stack and
+# save the resulting initramfs as $OUT_INITRD.
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=lib.sh
+. "${HARNESS_LIB:?}"
+set -eu
+
+kver=$(uname -r)
+before=$(cksum </boot/initrd.img-"$kver")
+log "package: installing $(dpkg-deb -f "$HARNESS/exitrd.deb" Package Version | tr '\n' ' ')"
+dpkg -i "$HARNESS/exitrd.deb"
+after=$(cksum </boot/initrd.img-"$kver")
+if [ "$before" = "$after" ]; then
+	log "package: initramfs unchanged by the package, running update-initramfs -u"
+	update-initramfs -u -k "$kver"
+fi
+lsinitramfs /boot/initrd.img-"$kver" | grep -i exitrd | while IFS= read -r f; do
+	log "package: initrd has $f"
+done
+save_initrd / "$OUT_INITRD"
+log "package: done"

@@ -1,0 +1,98 @@
+# shellcheck shell=sh
+# Sourced by every stage script (run.sh on the HARNESS disk) through $HARNESS_LIB.
+# $HARNESS is where the HARNESS disk is mounted; $HARNESS/env holds the variables
+# the host chose for this boot.
+
+: "${HARNESS:=/mnt/harness}"
+
+log() {
+	printf 'harness: %s\n' "$*" >/dev/kmsg
+}
+
+die() {
+	log "FAIL: $*"
+	exit 1
+}
+
+# shellcheck disable=SC1091
+. "$HARNESS/env"
+
+mkdir -p "$HARNESS/out"
+
+# copy_rootfs TARGET: copy the running root file system (only that one) into TARGET.
+copy_rootfs() {
+	cp -ax /. "$1"
+	for d in dev proc sys run tmp mnt; do
+		mkdir -p "$1/$d"
+	done
+	chmod 1777 "$1/tmp"
+}
+
+# configure_initramfs TARGET: the harness's initramfs-tools settings for TARGET
+# ($INITRAMFS_CONF: space-separated assignments; $INITRAMFS_BUSYBOX=n: BUSYBOX=n).
+configure_initramfs() {
+	conf=$1/etc/initramfs-tools/initramfs.conf
+	for l in ${INITRAMFS_CONF:-}; do
+		echo "$l" >>"$conf"
+	done
+	if [ "${INITRAMFS_BUSYBOX:-y}" = n ]; then
+		echo 'BUSYBOX=n' >>"$conf"
+	fi
+}
+
+# with_chroot TARGET CMD...: run CMD in TARGET with /dev, /proc, /sys, /run bound in.
+with_chroot() {
+	t=$1
+	shift
+	for d in dev proc sys run; do
+		mount --rbind "/$d" "$t/$d"
+		mount --make-rslave "$t/$d"
+	done
+	rc=0
+	chroot "$t" "$@" || rc=$?
+	for d in run sys proc dev; do
+		umount -R "$t/$d"
+	done
+	return "$rc"
+}
+
+# save_initrd ROOT NAME: copy ROOT's only /boot/initrd.img-* to the HARNESS disk.
+save_initrd() {
+	n=0
+	for f in "$1"/boot/initrd.img-*; do
+		[ -e "$f" ] || continue
+		cp "$f" "$HARNESS/out/$2"
+		n=$((n + 1))
+	done
+	[ "$n" -eq 1 ] || die "expected one initrd in $1/boot, found $n"
+	log "saved $2 ($(wc -c <"$HARNESS/out/$2") bytes)"
+}
+
+# capture_fixture DEST: copy what exitrd's topology readers read, as plain files.
+capture_fixture() {
+	dest=$1
+	mkdir -p "$dest/proc/self" "$dest/sys/class/block"
+	cat /proc/self/mountinfo >"$dest/proc/self/mountinfo"
+	cat /proc/swaps >"$dest/proc/swaps"
+	for b in /sys/class/block/*; do
+		[ -e "$b" ] || continue
+		d=$dest/sys/class/block/${b##*/}
+		mkdir -p "$d"
+		for f in dev size ro partition uevent dm/name dm/uuid dm/suspended \
+			md/level md/array_state md/metadata_version md/sync_action \
+			loop/backing_file loop/autoclear; do
+			[ -r "$b/$f" ] || continue
+			mkdir -p "$(dirname "$d/$f")"
+			cat "$b/$f" >"$d/$f" 2>/dev/null || rm -f "$d/$f"
+		done
+		for rel in holders slaves; do
+			[ -d "$b/$rel" ] || continue
+			mkdir -p "$d/$rel"
+			for h in "$b/$rel"/*; do
+				[ -e "$h" ] || [ -L "$h" ] || continue
+				: >"$d/$rel/${h##*/}"
+			done
+		done
+	done
+	log "fixture captured"
+}

@@ -1,0 +1,30 @@
+#!/bin/sh
+# Test boot: leave a marker on the root file system, optionally capture a fixture
+# of the storage topology, then let the harness power off normally.
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=lib.sh
+. "${HARNESS_LIB:?}"
+set -eu
+
+# Log the block device state just before the pivot (systemd runs system-shutdown hooks).
+install -D -m 0755 "$HARNESS/shutdown-diag.sh" /usr/lib/systemd/system-shutdown/exitrd-harness-diag
+
+printf '%s\n' "$TOKEN" >/root/marker
+sync
+log "marker written"
+if [ -x /run/initramfs/shutdown ]; then
+	log "exitrd in place: /run/initramfs/shutdown is executable"
+else
+	log "no executable /run/initramfs/shutdown"
+fi
+if [ "${CAPTURE:-0}" = 1 ]; then
+	capture_fixture "$HARNESS/out/fixture"
+fi
+# A scenario's fault injection (Scenario.test_extra), run last, from the copy in /run
+# (the HARNESS disk is unmounted before the poweroff; leave nothing open on it).
+extra=${HARNESS_LIB%/*}/extra.sh
+if [ -f "$extra" ]; then
+	log "running the scenario's extra.sh"
+	(cd / && sh "$extra")
+fi
+log "test: done"
