@@ -624,7 +624,11 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
             nix::mount::umount2(mount_point.as_str(), nix::mount::MntFlags::empty())
                 .map_err(io::Error::from)
         }),
-        Step::RemoveDm { name, .. } => bounded(timeout, move || dm::remove(&name)),
+        // ENXIO: it went by itself meanwhile (deferred removal), which is what we wanted.
+        Step::RemoveDm { name, .. } => bounded(timeout, move || match dm::remove(&name) {
+            Err(e) if devnode::errno(&e) == Some(nix::libc::ENXIO) => Ok(()),
+            other => other,
+        }),
         Step::StopMd { device, .. } => match node(&device) {
             Ok(path) => bounded(timeout, move || md::stop_array(&path)),
             Err(e) => Outcome::Failed(e),
