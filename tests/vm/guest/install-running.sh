@@ -1,0 +1,14 @@
+#!/bin/sh
+# Issue 5, repair path: install the package on the running system (booted from an
+# initramfs without the payload) and power off without a reboot in between. The package
+# starts exitrd.service, which builds /run/initramfs from the installed files.
+set -eu
+log() { printf 'harness: %s\n' "$*" >/dev/kmsg; }
+
+deb=/mnt/harness/exitrd.deb
+[ -f "$deb" ] || { log "FAIL: no exitrd.deb on the HARNESS disk"; exit 1; }
+DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" >/dev/kmsg 2>&1 || { log "FAIL: dpkg -i"; exit 1; }
+rc=0
+exitrd status --json >/run/status.json 2>/dev/kmsg || rc=$?
+log "status before poweroff: exit $rc"
+while IFS= read -r line; do log "status: $line"; done </run/status.json
