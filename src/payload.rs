@@ -92,10 +92,50 @@ pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "initramfs".into());
-    let staging: PathBuf = parent.join(format!(".{name}.exitrd-new"));
-    let retired: PathBuf = parent.join(format!(".{name}.exitrd-old"));
     fs::create_dir_all(target)?;
-    let _ = fs::create_dir(&staging);
+    // MS_MOVE refuses to move a mount out of a shared parent, and systemd makes every
+    // mount shared: the new tmpfs is built inside a small private holder mount, from
+    // where it can be moved.
+    let holder: PathBuf = parent.join(format!(".{name}.exitrd-stage"));
+    let _ = fs::create_dir(&holder);
+    mount(
+        Some("exitrd-stage"),
+        &holder,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=64k"),
+    )
+    .map_err(context(format!("mount tmpfs on {}", holder.display())))?;
+    let result = fill_and_switch(payload, target, &holder);
+    // Detaching the holder also drops the new tmpfs if it never left it.
+    let _ = umount2(&holder, MntFlags::MNT_DETACH);
+    let _ = fs::remove_dir(&holder);
+    let (size, replacing) = result?;
+    Ok(format!(
+        "{} is a dedicated exec tmpfs ({} KiB) with {}: the next shutdown will pivot into it",
+        target.display(),
+        size.div_ceil(1024),
+        if replacing {
+            "a refreshed payload"
+        } else {
+            "the payload"
+        }
+    ))
+}
+
+/// Mounts the new tmpfs inside `holder`, fills it, and moves it onto `target`.
+/// Returns its size and whether it replaced an earlier one.
+fn fill_and_switch(payload: &Path, target: &Path, holder: &Path) -> io::Result<(u64, bool)> {
+    mount(
+        None::<&str>,
+        holder,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(context(format!("make {} private", holder.display())))?;
+    let staging = holder.join("new");
+    fs::create_dir(&staging)?;
     let size = tree_size(payload) + tree_size(target) + SLACK_BYTES;
     let options = format!("mode=0700,size={}k", size.div_ceil(1024));
     mount(
@@ -106,24 +146,15 @@ pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
         Some(options.as_str()),
     )
     .map_err(context(format!("mount tmpfs on {}", staging.display())))?;
-    let filled = copy_tree(target, &staging).and_then(|()| copy_tree(payload, &staging));
-    if let Err(e) = filled {
-        let _ = umount2(&staging, MntFlags::MNT_DETACH);
-        let _ = fs::remove_dir(&staging);
-        return Err(e.with_context(format!("copy into {}", staging.display())));
-    }
-    // An earlier exitrd tmpfs is moved aside and dropped once the new one is in place.
+    copy_tree(target, &staging)
+        .and_then(|()| copy_tree(payload, &staging))
+        .map_err(|e| e.with_context(format!("copy into {}", staging.display())))?;
+    // An earlier exitrd tmpfs is dropped right before the new one takes its place (it
+    // cannot be moved aside from its shared parent either); the gap is one syscall.
     let replacing = is_mount_point(target);
     if replacing {
-        let _ = fs::create_dir(&retired);
-        mount(
-            Some(target),
-            &retired,
-            None::<&str>,
-            MsFlags::MS_MOVE,
-            None::<&str>,
-        )
-        .map_err(context(format!("move {} aside", target.display())))?;
+        umount2(target, MntFlags::MNT_DETACH)
+            .map_err(context(format!("detach the old {}", target.display())))?;
     }
     mount(
         Some(&staging),
@@ -136,21 +167,7 @@ pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
         "move the new tmpfs onto {}",
         target.display()
     )))?;
-    let _ = fs::remove_dir(&staging);
-    if replacing {
-        let _ = umount2(&retired, MntFlags::MNT_DETACH);
-        let _ = fs::remove_dir(&retired);
-    }
-    Ok(format!(
-        "{} is a dedicated exec tmpfs ({} KiB) with {}: the next shutdown will pivot into it",
-        target.display(),
-        size.div_ceil(1024),
-        if replacing {
-            "a refreshed payload"
-        } else {
-            "the payload"
-        }
-    ))
+    Ok((size, replacing))
 }
 
 /// The initramfs-tools hook that builds the payload into an image.

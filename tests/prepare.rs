@@ -21,14 +21,34 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
     );
     let base = std::env::temp_dir().join(format!("exitrd-prepare-{}", std::process::id()));
     let payload = base.join("payload");
-    let target = base.join("run/initramfs");
+    let run = base.join("run");
+    let target = run.join("initramfs");
     fs::create_dir_all(&payload).unwrap();
+    // Like /run under systemd: a tmpfs with shared propagation (MS_MOVE out of a shared
+    // parent is refused, which once broke prepare on booted systems).
+    fs::create_dir_all(&run).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &run,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    nix::mount::mount(
+        None::<&str>,
+        &run,
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
     fs::create_dir_all(&target).unwrap();
     fs::copy(env!("CARGO_BIN_EXE_exitrd"), payload.join("exitrd")).unwrap();
     symlink("exitrd", payload.join("shutdown")).unwrap();
     fs::write(target.join("fsck.log"), "kept").unwrap();
 
-    let run = || {
+    let prepare = || {
         Command::new(env!("CARGO_BIN_EXE_exitrd"))
             .args(["prepare", "--payload"])
             .arg(&payload)
@@ -37,7 +57,7 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
             .output()
             .unwrap()
     };
-    let out = run();
+    let out = prepare();
     assert!(
         out.status.success(),
         "{}",
@@ -70,7 +90,7 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
     assert!(String::from_utf8_lossy(&v.stdout).starts_with("exitrd "));
 
     // Again: refreshed in place, still exactly one mount, files still kept.
-    let out = run();
+    let out = prepare();
     assert!(
         out.status.success(),
         "{}",
@@ -80,6 +100,14 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
     assert_eq!(mounts_at(&target).len(), 1);
     assert_eq!(fs::read_to_string(target.join("fsck.log")).unwrap(), "kept");
 
-    nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    // Nothing of the staging is left behind.
+    let leftovers: Vec<_> = fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("initramfs")]);
+    assert!(mounts_at(&run.join(".initramfs.exitrd-stage")).is_empty());
+
+    nix::mount::umount2(&run, nix::mount::MntFlags::MNT_DETACH).unwrap();
     fs::remove_dir_all(&base).unwrap();
 }

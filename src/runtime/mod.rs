@@ -134,7 +134,13 @@ fn ensure_api_mounts() {
     ] {
         if !Path::new(probe).exists() {
             let _ = std::fs::create_dir_all(dir);
-            let _ = mount(Some(fstype), dir, Some(fstype), MsFlags::MS_NOSUID, None::<&str>);
+            let _ = mount(
+                Some(fstype),
+                dir,
+                Some(fstype),
+                MsFlags::MS_NOSUID,
+                None::<&str>,
+            );
         }
     }
 }
