@@ -131,7 +131,9 @@ impl Step {
             } => format!("unmount {mount_point} ({fstype} on {source})"),
             Step::RemoveDm { device, name, kind } => match kind {
                 DmKind::Lvm => format!("remove LVM volume {name} ({device})"),
-                DmKind::Crypt => format!("close dm-crypt mapping {name} ({device}), key wiped"),
+                DmKind::Crypt => {
+                    format!("close dm-crypt mapping {name} ({device}) and free its key")
+                }
                 DmKind::Other => format!("remove device-mapper device {name} ({device})"),
             },
             Step::StopMd { device, level } => format!("stop MD array {device} ({level})"),

@@ -76,7 +76,7 @@ fn lvm_luks_md_fixture_from_the_vm_plans_top_down() {
     };
     let unmount_root = at("unmount / (ext4 on /dev/mapper/vg0-root)");
     let remove_lv = at("remove LVM volume vg0-root (dm-1)");
-    let close_luks = at("close dm-crypt mapping md0_crypt (dm-0), key wiped");
+    let close_luks = at("close dm-crypt mapping md0_crypt (dm-0) and free its key");
     let stop_md = at("stop MD array md0 (raid1)");
     assert!(unmount_root < remove_lv && remove_lv < close_luks && close_luks < stop_md);
     assert_eq!(

@@ -117,7 +117,7 @@ fn live_lvm_luks_md_plan_is_top_down() {
             "unmount /boot (ext4 on /dev/vdc1)",
             "unmount / (ext4 on /dev/mapper/vg0-root)",
             "remove LVM volume vg0-root (dm-1)",
-            "close dm-crypt mapping md0_crypt (dm-0), key wiped",
+            "close dm-crypt mapping md0_crypt (dm-0) and free its key",
             "stop MD array md0 (raid1)",
         ]
     );

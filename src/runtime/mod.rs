@@ -580,7 +580,10 @@ fn write_inventory_file() {
 fn name_blockers(step: &Step) {
     match step {
         Step::Unmount { mount_point, .. } => {
-            for b in procs::blockers(mount_point).iter().take(10) {
+            let mount_points: Vec<String> = read_topology()
+                .map(|t| t.mounts.into_iter().map(|m| m.mount_point).collect())
+                .unwrap_or_default();
+            for b in procs::blockers(mount_point, &mount_points).iter().take(10) {
                 say!("  {mount_point} is held by {b}");
             }
         }

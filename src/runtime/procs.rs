@@ -64,15 +64,31 @@ pub fn list(proc_root: &Path) -> Vec<Proc> {
     procs
 }
 
-fn under(path: &Path, prefix: &str) -> bool {
+/// Whether `path` lives on the mount at `mount_point`: it is below it and below none of
+/// the other mount points (a file in /oldroot/dev is on the /oldroot/dev mount, not on
+/// /oldroot).
+fn on_mount(path: &Path, mount_point: &str, mount_points: &[String]) -> bool {
     let path = path.to_string_lossy();
     let path = path.trim_end_matches(" (deleted)");
-    crate::plan::in_scope(path, prefix)
+    crate::plan::in_scope(path, mount_point)
+        && !mount_points.iter().any(|m| {
+            m.len() > mount_point.len()
+                && crate::plan::in_scope(m, mount_point)
+                && crate::plan::in_scope(path, m)
+        })
 }
 
-/// How `pid` uses something at or below `prefix`: its working directory, an open file, a
-/// memory-mapped file, or its root directory. `None` if it does not.
-pub fn how_it_holds(proc_root: &Path, pid: i32, prefix: &str) -> Option<String> {
+/// How `pid` uses the mount at `mount_point`: its working directory, an open file, a
+/// memory-mapped file, or its root directory. `None` if it does not. `mount_points` are
+/// all current mount points, to tell which mount a path is on.
+pub fn how_it_holds(
+    proc_root: &Path,
+    pid: i32,
+    mount_point: &str,
+    mount_points: &[String],
+) -> Option<String> {
+    let under = |path: &Path, prefix: &str| on_mount(path, prefix, mount_points);
+    let prefix = mount_point;
     let dir = proc_root.join(pid.to_string());
     let link_under = |link: &str| {
         fs::read_link(dir.join(link))
@@ -105,13 +121,13 @@ pub fn how_it_holds(proc_root: &Path, pid: i32, prefix: &str) -> Option<String> 
     link_under("root").map(|root| format!("root directory {}", root.display()))
 }
 
-/// One entry per process that holds something below `prefix`: `PID (comm) via HOW`.
-pub fn blockers(prefix: &str) -> Vec<String> {
+/// One entry per process that holds the mount at `mount_point`: `PID (comm) via HOW`.
+pub fn blockers(mount_point: &str, mount_points: &[String]) -> Vec<String> {
     let proc_root = Path::new("/proc");
     list(proc_root)
         .into_iter()
         .filter_map(|p| {
-            let how = how_it_holds(proc_root, p.pid, prefix)?;
+            let how = how_it_holds(proc_root, p.pid, mount_point, mount_points)?;
             let mark = if p.marked { ", spared as @" } else { "" };
             Some(format!("{} ({}{mark}) via {how}", p.pid, p.comm))
         })
@@ -218,12 +234,17 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let file = dir.join("held file");
         let _open = fs::File::create(&file).unwrap();
-        let how = how_it_holds(Path::new("/proc"), me, dir.to_str().unwrap()).unwrap();
+        let d = dir.to_str().unwrap().to_string();
+        let how = how_it_holds(Path::new("/proc"), me, &d, std::slice::from_ref(&d)).unwrap();
         assert_eq!(how, format!("open file {}", file.display()));
         assert_eq!(
-            how_it_holds(Path::new("/proc"), me, "/nonexistent-prefix"),
+            how_it_holds(Path::new("/proc"), me, "/nonexistent-prefix", &[]),
             None
         );
+        // With a mount below it holding that file, the file is not on the outer mount.
+        let inner = vec![d.clone(), format!("{d}/held file")];
+        assert!(!on_mount(&file, &d, &inner));
+        assert!(on_mount(&file, &inner[1], &inner));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -189,7 +189,7 @@ fn clean_run_takes_everything_down_in_one_pass() {
             "unmount /oldroot/dev (devtmpfs on udev)",
             "unmount /oldroot (ext4 on /dev/mapper/vg0-root)",
             "remove LVM volume vg0-root (dm-1)",
-            "close dm-crypt mapping md0_crypt (dm-0), key wiped",
+            "close dm-crypt mapping md0_crypt (dm-0) and free its key",
             "stop MD array md0 (raid1)",
         ]
     );
