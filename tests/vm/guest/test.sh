@@ -14,6 +14,7 @@ sync
 log "marker written"
 if [ -x /run/initramfs/shutdown ]; then
 	log "exitrd in place: /run/initramfs/shutdown is executable"
+	log "payload: $(du -sk /run/initramfs | cut -f1) KiB in /run/initramfs"
 else
 	log "no executable /run/initramfs/shutdown"
 fi
