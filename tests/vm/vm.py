@@ -183,7 +183,7 @@ scenario(
     name="fault-held-root", **FAULT_STACK,
     closed=("vg0-root", "md0_crypt", "md0"), kernel_lines=("md: md0 stopped.",),
     test_extra="fault-held-root.sh",
-    expect=("is held by", "spared as @", "via working directory /oldroot",
+    expect=("is held by", "spared as @", "via open file /oldroot/root/held",
             "exitrd: sending SIGKILL", "exitrd: unmounted /oldroot (ext4"),
 )
 scenario(
