@@ -15,12 +15,14 @@ log() { printf 'harness: %s\n' "$*" >/dev/kmsg; }
 truncate -s 32M /run/fault.img
 loop=$(losetup --find --show /run/fault.img)
 size=$(blockdev --getsz "$loop")
-echo "0 $size linear $loop 0" | dmsetup create fault
+# udevd is gone by now: without --noudevsync dmsetup would wait for it forever.
+echo "0 $size linear $loop 0" | dmsetup create --noudevsync fault
+dmsetup mknodes fault
 mkfs.ext4 -q /dev/mapper/fault
 mkdir -p /run/fault-mnt
 mount /dev/mapper/fault /run/fault-mnt
 echo dirty >/run/fault-mnt/file
-dmsetup suspend --nolockfs --noflush fault
+dmsetup suspend --noudevsync --nolockfs --noflush fault
 log "fault: /run/fault-mnt on suspended dm 'fault' over $loop"
 HOOK
 chmod 0755 /usr/lib/systemd/system-shutdown/zz-exitrd-fault
