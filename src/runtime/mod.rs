@@ -102,7 +102,9 @@ fn install_panic_hook() {
             // SAFETY: leaving a forked worker without running the parent's destructors.
             unsafe { nix::libc::_exit(255) }
         }
-        say!("internal error: {info}; finishing the shutdown");
+        // One line: the panic message may contain newlines.
+        let text = info.to_string().replace('\n', " ");
+        say!("internal error: {text}; finishing the shutdown");
         reboot::finish(verb_from_code(VERB_FOR_PANIC.load(Ordering::Relaxed)))
     }));
 }
@@ -505,7 +507,13 @@ impl Shutdown {
     /// One line an admin can grep for: what was closed, and what is left with the reason.
     fn inventory(&self) {
         let topo = read_topology();
-        let present = |name: &str| topo.as_ref().is_some_and(|t| t.devices.contains_key(name));
+        // Still there and still closable: a stopped MD array lingers in sysfs for a
+        // moment as an empty device, which counts as closed.
+        let present = |name: &str| {
+            topo.as_ref()
+                .and_then(|t| t.devices.get(name))
+                .is_some_and(|d| d.is_closable())
+        };
         // Closed by a step of ours, in the order they went...
         let mut closed: Vec<String> = self
             .progress
