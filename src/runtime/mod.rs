@@ -642,18 +642,52 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
                 .map_err(io::Error::from)
         }),
         // ENXIO: it went by itself meanwhile (deferred removal), which is what we wanted.
-        Step::RemoveDm { name, .. } => bounded(timeout, move || match dm::remove(&name) {
-            Err(e) if devnode::errno(&e) == Some(nix::libc::ENXIO) => Ok(()),
-            other => other,
-        }),
+        Step::RemoveDm { name, device, .. } => {
+            let path = node(&device).ok();
+            bounded(timeout, move || {
+                if let Some(path) = &path {
+                    flush_device(path);
+                }
+                match dm::remove(&name) {
+                    Err(e) if devnode::errno(&e) == Some(nix::libc::ENXIO) => Ok(()),
+                    other => other,
+                }
+            })
+        }
         Step::StopMd { device, .. } => match node(&device) {
-            Ok(path) => bounded(timeout, move || md::stop_array(&path)),
+            Ok(path) => bounded(timeout, move || {
+                flush_device(&path);
+                md::stop_array(&path)
+            }),
             Err(e) => Outcome::Failed(e),
         },
         Step::DetachLoop { device, .. } => match node(&device) {
-            Ok(path) => bounded(timeout, move || loopdev::clear_fd(&path)),
+            Ok(path) => bounded(timeout, move || {
+                flush_device(&path);
+                loopdev::clear_fd(&path)?;
+                // A loop device still in use is only marked to detach on its last close:
+                // not done yet, and not progress worth another pass.
+                let backing = Path::new("/sys/class/block")
+                    .join(&device)
+                    .join("loop/backing_file");
+                if std::fs::read_to_string(backing).is_ok_and(|b| !b.trim().is_empty()) {
+                    return Err(io::Error::other(
+                        "still in use: marked to detach when its last user closes it",
+                    ));
+                }
+                Ok(())
+            }),
             Err(e) => Outcome::Failed(e),
         },
+    }
+}
+
+/// Writes back whatever the device's own page cache still holds and asks the device to
+/// flush its write cache (fsync on a block device does both), before it is closed for
+/// good. Best effort: a device that vanished meanwhile needs no flush.
+fn flush_device(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.sync_all();
     }
 }
 

@@ -36,13 +36,14 @@ fn parse_stat(stat: &str) -> Option<(String, char, u64)> {
 /// Every user-space process but ourselves, skipping kernel threads and zombies.
 pub fn list(proc_root: &Path) -> Vec<Proc> {
     let me = std::process::id() as i32;
+    let ours = crate::runtime::worker::abandoned();
     let Ok(entries) = fs::read_dir(proc_root) else {
         return Vec::new();
     };
     let mut procs: Vec<Proc> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me && pid != 1)
+        .filter(|&pid| pid != me && pid != 1 && !ours.contains(&pid))
         .filter_map(|pid| {
             let dir = proc_root.join(pid.to_string());
             let (comm, state, flags) = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;

@@ -11,6 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
+/// Workers that overran their time and were left behind (probably in D state).
+static ABANDONED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Pids of abandoned workers: our own children stuck in the kernel, not processes of the
+/// old system to end.
+pub fn abandoned() -> Vec<i32> {
+    ABANDONED.lock().map(|v| v.clone()).unwrap_or_default()
+}
 
 /// True in a forked worker: the panic hook then only ends the worker, never the machine.
 pub fn in_worker() -> bool {
@@ -116,6 +124,9 @@ fn wait_for(child: Pid, timeout: Duration) -> Outcome {
         if start.elapsed() >= timeout {
             // May not die if it sits in D state; reap_all() collects it if it ever does.
             let _ = kill(child, Signal::SIGKILL);
+            if let Ok(mut v) = ABANDONED.lock() {
+                v.push(child.as_raw());
+            }
             return Outcome::TimedOut;
         }
         std::thread::sleep(pause);
@@ -154,6 +165,7 @@ mod tests {
             Ok(())
         });
         assert!(matches!(outcome, Outcome::TimedOut));
+        assert!(!abandoned().is_empty(), "the stuck worker is remembered");
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 }
