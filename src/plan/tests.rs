@@ -82,13 +82,7 @@ fn lvm_luks_md(mountinfo_text: &str) -> Topology {
             &[],
         ),
     ];
-    Topology {
-        mounts: mountinfo::parse(mountinfo_text).unwrap(),
-        swaps: Vec::new(),
-        devices: devices.into_iter().map(|d| (d.name.clone(), d)).collect(),
-        md_bitmap_files: Default::default(),
-        warnings: Vec::new(),
-    }
+    topo_of(mountinfo_text, devices.into_iter().collect(), &[])
 }
 
 const LIVE_MOUNTINFO: &str = "\
@@ -209,13 +203,7 @@ fn loop_is_detached_after_its_fs_and_before_the_mount_of_its_backing_file() {
             &[],
         ),
     ];
-    let topo = Topology {
-        mounts: mountinfo::parse(text).unwrap(),
-        swaps: Vec::new(),
-        devices: devices.into_iter().map(|d| (d.name.clone(), d)).collect(),
-        md_bitmap_files: Default::default(),
-        warnings: Vec::new(),
-    };
+    let topo = topo_of(text, devices.into_iter().collect(), &[]);
     let p = plan(&topo, &PlanOptions::live());
     assert_eq!(
         described(&p),
@@ -235,13 +223,7 @@ fn a_cycle_is_reported_and_the_plan_stays_complete() {
         dev("dm-0", 252, 0, dm("a", ""), &["dm-1"], &["dm-1"]),
         dev("dm-1", 252, 1, dm("b", ""), &["dm-0"], &["dm-0"]),
     ];
-    let topo = Topology {
-        mounts: Vec::new(),
-        swaps: Vec::new(),
-        devices: devices.into_iter().map(|d| (d.name.clone(), d)).collect(),
-        md_bitmap_files: Default::default(),
-        warnings: Vec::new(),
-    };
+    let topo = topo_of("", devices.into_iter().collect(), &[]);
     let p = plan(&topo, &PlanOptions::live());
     assert_eq!(p.steps.len(), 2);
     assert_eq!(p.warnings.len(), 1);
