@@ -17,6 +17,7 @@ poweroff) and a check boot (marker read back, md state). See tests/vm/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import fcntl
@@ -378,8 +379,43 @@ class Boot:
         return why + (f"; qemu said:\n{indent(err_text)}" if err_text else "")
 
 
+# TCG guests run their clocks in real time: crowd the host's cores with vCPUs and guest
+# timeouts (systemd's, exitrd's own deadline) fire for nothing. Boots from concurrent
+# vm.py invocations take one of EXITRD_VM_SLOTS (default: the core count) slots.
+VM_SLOTS = int(os.environ.get("EXITRD_VM_SLOTS", str(os.cpu_count() or 1)))
+
+
+@contextlib.contextmanager
+def vm_slot(name: str):
+    CACHE.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for i in range(max(1, VM_SLOTS)):
+            f = open(CACHE / f".vm-slot-{i}.lock", "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            try:
+                yield
+            finally:
+                f.close()
+            return
+        if not waited:
+            say(f"boot {name}: waiting for one of {VM_SLOTS} VM slots (other vm.py runs)")
+            waited = True
+        time.sleep(2)
+
+
 def boot(name: str, rundir: Path, kernel: Path, initrd: Path, append: str,
          drives: list[Path], timeout: int, fmt: str = "qcow2") -> Boot:
+    with vm_slot(name):
+        return boot_now(name, rundir, kernel, initrd, append, drives, timeout, fmt)
+
+
+def boot_now(name: str, rundir: Path, kernel: Path, initrd: Path, append: str,
+             drives: list[Path], timeout: int, fmt: str = "qcow2") -> Boot:
     log_path = rundir / f"{name}.serial.log"
     cmd = QEMU_BASE + [
         "-kernel", str(kernel), "-initrd", str(initrd),
