@@ -43,12 +43,19 @@ pub enum Command {
     /// Run at boot by the initramfs-tools init-bottom script with --payload; without it,
     /// the payload is built from the installed files the same way update-initramfs does
     /// (the repair path of exitrd.service, and the refresh after a package upgrade).
+    /// With --from, the payload is read out of an initramfs image instead: the last
+    /// resort when the installed files are gone or broken.
     /// Files already in the target are kept; an earlier exitrd tmpfs there is replaced
     /// in one step.
     Prepare {
         /// Directory holding the payload (at least an executable 'shutdown').
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "from")]
         payload: Option<PathBuf>,
+        /// Take the payload (the exitrd/ directory) out of this initramfs-tools image,
+        /// e.g. /boot/initrd.img-$(uname -r); gzip, zstd, xz or lz4, after any
+        /// uncompressed early parts.
+        #[arg(long, value_name = "IMAGE")]
+        from: Option<PathBuf>,
         /// Where systemd looks for the exitrd.
         #[arg(long, value_name = "DIR", default_value = "/run/initramfs")]
         target: PathBuf,

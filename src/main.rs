@@ -42,9 +42,14 @@ fn main() {
             exitrd_view,
         } => cli::plan_command(&root, json, exitrd_view),
         cli::Command::Status { json, repair, root } => cli::status_command(&root, json, repair),
-        cli::Command::Prepare { payload, target } => match match &payload {
-            Some(dir) => payload::prepare(dir, &target),
-            None => payload::prepare_installed(Path::new(payload::INSTALLED_HOOK), &target),
+        cli::Command::Prepare {
+            payload,
+            from,
+            target,
+        } => match match (&payload, &from) {
+            (Some(dir), _) => payload::prepare(dir, &target),
+            (None, Some(image)) => payload::prepare_from_image(image, &target),
+            (None, None) => payload::prepare_installed(Path::new(payload::INSTALLED_HOOK), &target),
         } {
             Ok(summary) => {
                 eprintln!("exitrd: {summary}");

@@ -9,7 +9,7 @@ use crate::topology::mountinfo;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Room above the payload itself, for files other boot code may still add.
@@ -207,6 +207,63 @@ pub fn prepare_installed(hook: &Path, target: &Path) -> io::Result<String> {
     let result = prepare(&scratch.join("exitrd"), target);
     let _ = fs::remove_dir_all(&scratch);
     result
+}
+
+/// `exitrd prepare --from IMAGE`, the last fallback: takes the payload out of an
+/// initramfs-tools image (only its `exitrd/` directory, into a private scratch directory
+/// beside the target, removed afterwards), then prepares the target from it.
+pub fn prepare_from_image(image: &Path, target: &Path) -> io::Result<String> {
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(parent)?;
+    let scratch = parent.join(format!(".exitrd-from-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&scratch);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&scratch)
+        .map_err(|e| e.with_context(format!("create {}", scratch.display())))?;
+    let result = extract_image(image, &scratch).and_then(|payload| prepare(&payload, target));
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
+/// Extracts the payload of `image` below `scratch`; returns the payload directory.
+fn extract_image(image: &Path, scratch: &Path) -> io::Result<PathBuf> {
+    let started = std::time::Instant::now();
+    let found = crate::initrd::extract(image, scratch)
+        .map_err(|e| e.with_context(format!("cannot read {}", image.display())))?;
+    let payload = scratch.join(crate::initrd::PAYLOAD_DIR);
+    let rebuild = match image.file_name().and_then(|n| n.to_str()) {
+        Some(n) if n.starts_with("initrd.img-") => {
+            format!("update-initramfs -u -k {}", &n["initrd.img-".len()..])
+        }
+        _ => "update-initramfs -u".to_string(),
+    };
+    if !found.found() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} holds no exitrd payload: it was built before exitrd was installed; run \
+                 {rebuild}, or 'exitrd prepare' to use the installed files",
+                image.display()
+            ),
+        ));
+    }
+    if !payload.join("shutdown").is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "the exitrd payload in {} has no runnable 'shutdown' (the binary was missing \
+                 when it was built); reinstall exitrd, then run {rebuild}",
+                image.display()
+            ),
+        ));
+    }
+    eprintln!(
+        "exitrd: extracted the payload from {}: {found}, in {} ms",
+        image.display(),
+        started.elapsed().as_millis()
+    );
+    Ok(payload)
 }
 
 #[cfg(test)]

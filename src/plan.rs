@@ -11,7 +11,8 @@
 //!
 //! A topological sort of that graph is the plan. Ties are broken for readability: swaps,
 //! then mounts deepest first, then devices top-down stack by stack. Only closable devices
-//! (DM, MD, bound loop) become steps; disks and partitions are only passed through.
+//! (DM, MD, bound loop, connected NBD) become steps; disks and partitions are only passed
+//! through.
 
 use crate::topology::block::{BlockDev, DevKind, DmKind};
 use crate::topology::Topology;
@@ -113,6 +114,11 @@ pub enum Step {
         device: String,
         backing_file: String,
     },
+    /// Disconnect a network block device from its server, after its last user is gone
+    /// (the network is still up: nothing before this step touches it).
+    DisconnectNbd {
+        device: String,
+    },
 }
 
 impl Step {
@@ -141,6 +147,9 @@ impl Step {
                 device,
                 backing_file,
             } => format!("detach loop device {device} from {backing_file}"),
+            Step::DisconnectNbd { device } => {
+                format!("disconnect network block device {device}")
+            }
         }
     }
 
@@ -149,7 +158,8 @@ impl Step {
         match self {
             Step::RemoveDm { device, .. }
             | Step::StopMd { device, .. }
-            | Step::DetachLoop { device, .. } => Some(device),
+            | Step::DetachLoop { device, .. }
+            | Step::DisconnectNbd { device } => Some(device),
             Step::MoveOut { .. } | Step::SwapOff { .. } | Step::Unmount { .. } => None,
         }
     }
@@ -339,8 +349,30 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
             DevKind::Loop {
                 backing_file: Some(file),
             } => {
-                if let Some(m) = holding(file) {
+                let backing = holding(file);
+                if let Some(m) = backing {
                     edge(Node::Device(i), Node::Mount(m), false);
+                }
+                // An overlay keeps private references to its layers, so a layer's mount
+                // can be gone while its file system still uses the device: systemd
+                // unmounts a live system's /run/live/rootfs/filesystem.squashfs at
+                // shutdown, and loop0 then has no user in sight. Such a loop device goes
+                // after the overlays (unless one of them holds its backing file).
+                let user_in_sight = !d.holders.is_empty()
+                    || topo
+                        .mounts
+                        .iter()
+                        .any(|m| m.is_block_backed() && (m.major, m.minor) == (d.major, d.minor))
+                    || topo.swaps.iter().any(|s| {
+                        topo.device_by_path(&s.path)
+                            .is_some_and(|x| x.name == d.name)
+                    });
+                if !user_in_sight {
+                    for &o in &mounts {
+                        if topo.mounts[o].fstype == "overlay" && Some(o) != backing {
+                            edge(Node::Mount(o), Node::Device(i), false);
+                        }
+                    }
                 }
             }
             _ => {}
@@ -430,6 +462,7 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
         // Stuck: a mount that something still needs sits below a mount that cannot go
         // before it. Move every such mount out of the way, which frees its parent.
         let mut freed = false;
+        let round = moves.len();
         for i in 0..nodes.len() {
             let Node::Mount(m) = nodes[i] else { continue };
             if done[i] || !needed[i] || moved_to.contains_key(&i) {
@@ -452,6 +485,17 @@ pub fn plan(topo: &Topology, opts: &PlanOptions) -> Plan {
             moves.push((order.len(), m));
             freed = true;
         }
+        // Deepest first: a mount moved after its parent would have gone along with it, and
+        // its own move would find nothing at its old path.
+        moves[round..].sort_by_key(|&(_, m)| {
+            Reverse(
+                topo.mounts[m]
+                    .mount_point
+                    .split('/')
+                    .filter(|c| !c.is_empty())
+                    .count(),
+            )
+        });
         if freed {
             continue;
         }
@@ -536,6 +580,9 @@ fn device_step(d: &BlockDev) -> Option<Step> {
         } => Some(Step::DetachLoop {
             device: d.name.clone(),
             backing_file: file.clone(),
+        }),
+        DevKind::Nbd { connected: true } => Some(Step::DisconnectNbd {
+            device: d.name.clone(),
         }),
         _ => None,
     }

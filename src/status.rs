@@ -6,7 +6,6 @@
 //! months of unclean shutdowns show up in SMART counters and resyncs.
 
 use crate::plan::{self, PlanOptions};
-use crate::topology::block::DevKind;
 use crate::topology::mountinfo::Mount;
 use crate::topology::Topology;
 use serde::Serialize;
@@ -53,26 +52,12 @@ fn payload_version(binary: &Path) -> Option<String> {
 }
 
 /// Tools the storage needs at shutdown beyond exitrd itself, and where the payload must
-/// hold them: ZFS pools are exported with `zpool`, NBD disks are disconnected with
-/// `nbd-client`.
+/// hold them: ZFS pools are exported with `zpool`. (NBD disks need none: exitrd
+/// disconnects them itself, with the two ioctls `nbd-client -d` would use.)
 fn needed_tools(topo: &Topology) -> Vec<(&'static str, &'static str)> {
     let mut tools = Vec::new();
     if topo.mounts.iter().any(|m| m.fstype == "zfs") {
         tools.push(("zpool", "ZFS is mounted"));
-    }
-    let nbd_in_use = topo
-        .devices
-        .values()
-        .filter(|d| matches!(d.kind, DevKind::Nbd))
-        .any(|d| {
-            !d.holders.is_empty()
-                || topo
-                    .mounts
-                    .iter()
-                    .any(|m| m.is_block_backed() && (m.major, m.minor) == (d.major, d.minor))
-        });
-    if nbd_in_use {
-        tools.push(("nbd-client", "a network block device is in use"));
     }
     tools
 }
@@ -90,7 +75,8 @@ pub fn check(root: &Path, payload_runnable: bool) -> std::io::Result<Status> {
     let dir = exitrd_dir(root);
     let shutdown = dir.join("shutdown");
     let mut checks = Vec::new();
-    const PREPARE: &str = "systemctl restart exitrd.service   # or: exitrd prepare";
+    const PREPARE: &str = "systemctl restart exitrd.service   # or: exitrd prepare \
+                           (last resort: exitrd prepare --from /boot/initrd.img-$(uname -r))";
 
     // 1. A dedicated mount without noexec; otherwise access(X_OK) fails and systemd
     //    silently skips the exitrd.

@@ -113,3 +113,186 @@ fn multi_call_name_shutdown_refuses_when_not_pid1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("only as PID 1"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn live_fixture_from_the_vm_takes_the_overlay_down_before_its_loop_and_medium() {
+    let steps_of = |name: &str| -> Vec<String> {
+        let root = fixture(name);
+        let (code, text, _) = plan(&["--root", root.to_str().unwrap()]);
+        assert_eq!(code, 0, "{text}");
+        text.lines()
+            .filter_map(|l| l.trim().split_once(". "))
+            .filter(|(n, _)| n.parse::<usize>().is_ok())
+            .map(|(_, s)| s.to_string())
+            .collect()
+    };
+    let in_order = |steps: &[String], wanted: &[&str]| {
+        let at: Vec<usize> = wanted
+            .iter()
+            .map(|w| {
+                steps
+                    .iter()
+                    .position(|s| s == w)
+                    .unwrap_or_else(|| panic!("no step {w:?} in {steps:#?}"))
+            })
+            .collect();
+        assert!(
+            at.windows(2).all(|w| w[0] < w[1]),
+            "{wanted:#?} in {steps:#?}"
+        );
+        at
+    };
+    // The running live system (trixie VM, live-boot): / is an overlay of the squashfs on
+    // loop0, whose file is on the boot medium.
+    let running = steps_of("live");
+    let at = in_order(
+        &running,
+        &[
+            "unmount / (overlay on overlay)",
+            "unmount /run/live/rootfs/filesystem.squashfs (squashfs on /dev/loop0)",
+            "detach loop device loop0 from /run/live/medium/live/filesystem.squashfs",
+            "unmount /run/live/medium (ext4 on /dev/vda)",
+        ],
+    );
+    assert_eq!(at[3], running.len() - 1, "the medium goes last");
+    // The same system right before the pivot (captured by a systemd-shutdown hook):
+    // systemd has unmounted both layers' mounts (the overlay keeps its own references)
+    // and moved the busy medium to /run/shutdown/mounts. loop0 has no user in sight, yet
+    // the overlay reads from it: it must still go after the overlay.
+    let prepivot = steps_of("live/prepivot");
+    assert!(
+        !prepivot.iter().any(|s| s.contains("/run/live/")),
+        "{prepivot:#?}"
+    );
+    let at = in_order(
+        &prepivot,
+        &[
+            "unmount / (overlay on overlay)",
+            "detach loop device loop0 from /run/shutdown/mounts/8edf5c9fa4a29305/live/filesystem.squashfs",
+            "unmount /run/shutdown/mounts/8edf5c9fa4a29305 (ext4 on /dev/vda)",
+        ],
+    );
+    assert_eq!(at[2], prepivot.len() - 1, "the medium goes last");
+}
+
+#[test]
+fn nbd_root_fixture_from_the_vm_unmounts_then_disconnects() {
+    let root = fixture("nbd-root");
+    let (code, text, _) = plan(&["--root", root.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    let steps: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().split_once(". ").map(|(_, s)| s))
+        .collect();
+    let at = |s: &str| {
+        steps
+            .iter()
+            .position(|x| *x == s)
+            .unwrap_or_else(|| panic!("no step {s:?} in {steps:?}"))
+    };
+    // The network stays until the root is gone; then the device, last of all.
+    let unmount_root = at("unmount / (ext4 on /dev/nbd0)");
+    let disconnect = at("disconnect network block device nbd0");
+    assert!(unmount_root < disconnect, "{steps:?}");
+    assert_eq!(
+        disconnect,
+        steps.len() - 1,
+        "disconnecting is the last step"
+    );
+    assert!(text.contains("└─ nbd0: network block device"), "{text}");
+    // nbd1..nbd15 exist in sysfs, unconnected (size 0): nothing to close there.
+    assert_eq!(
+        steps.iter().filter(|s| s.starts_with("disconnect")).count(),
+        1,
+        "{steps:?}"
+    );
+    let topo = exitrd::topology::Topology::read(&root).unwrap();
+    assert!(topo.devices["nbd0"].is_closable());
+    assert!(!topo.devices["nbd1"].is_closable());
+}
+
+/// Captured in the VM scenario lvm-cache-thin: / on a thin volume whose pool's data LV has
+/// a writeback dm-cache on md1, an MD RAID1 whose write-intent bitmap is a file on
+/// /run/md-bitmap (read from the fixture's /proc/mdstat).
+#[test]
+fn lvm_cache_thin_fixture_stops_the_array_before_unmounting_its_bitmap() {
+    let root = fixture("lvm-cache-thin");
+    let (code, text, _) = plan(&["--root", root.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    let steps: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().split_once(". ").map(|(_, s)| s))
+        .collect();
+    let at = |s: &str| {
+        steps
+            .iter()
+            .position(|x| x.starts_with(s))
+            .unwrap_or_else(|| panic!("no step {s:?} in {steps:?}"))
+    };
+    let unmount_root = at("unmount / (ext4 on /dev/mapper/vg0-root)");
+    let thin = at("remove LVM volume vg0-root (");
+    let tpool = at("remove LVM volume vg0-pool-tpool (");
+    let tmeta = at("remove LVM volume vg0-pool_tmeta (");
+    let cache = at("remove LVM volume vg0-pool_tdata (");
+    let cdata = at("remove LVM volume vg0-cpool_cpool_cdata (");
+    let cmeta = at("remove LVM volume vg0-cpool_cpool_cmeta (");
+    let corig = at("remove LVM volume vg0-pool_tdata_corig (");
+    let md = at("stop MD array md1 (raid1)");
+    let bitmap = at("unmount /run/md-bitmap (ext4 on ");
+    assert!(unmount_root < thin && thin < tpool && tpool < tmeta && tpool < cache);
+    assert!(cache < cdata && cache < cmeta && cache < corig);
+    assert!(cdata < md && cmeta < md && md < bitmap, "{steps:#?}");
+    let topo = exitrd::topology::Topology::read(&root).unwrap();
+    assert_eq!(topo.md_bitmap_files["md1"], "/run/md-bitmap/md1.bitmap");
+}
+
+#[test]
+fn zfs_luks_fixture_from_the_vm_unmounts_the_dataset_before_closing_the_pool_device() {
+    let root = fixture("zfs-luks");
+    let (code, text, _) = plan(&["--root", root.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    let steps: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().split_once(". ").map(|(_, s)| s))
+        .collect();
+    let at = |s: &str| {
+        steps
+            .iter()
+            .position(|x| *x == s)
+            .unwrap_or_else(|| panic!("no step {s:?} in {steps:?}"))
+    };
+    // A ZFS dataset is not block-backed (anonymous device 0:N, source "pool/dataset"):
+    // it is unmounted like any file system, before the root it is mounted on. The pool's
+    // LUKS device has no holder in sysfs (ZFS does not register one), so it is a leaf
+    // the exitrd closes after every unmount, once the zfs-export hook has run.
+    let unmount_tank = at("unmount /srv/tank (zfs on tank/data)");
+    let unmount_root = at("unmount / (ext4 on /dev/vda)");
+    let close_luks = at("close dm-crypt mapping tank_crypt (dm-0) and free its key");
+    assert!(
+        unmount_tank < unmount_root && unmount_root < close_luks,
+        "{steps:?}"
+    );
+    assert_eq!(
+        close_luks,
+        steps.len() - 1,
+        "closing the LUKS device is last"
+    );
+    let topo = exitrd::topology::Topology::read(&root).unwrap();
+    let tank = topo
+        .mounts
+        .iter()
+        .find(|m| m.mount_point == "/srv/tank")
+        .unwrap();
+    assert_eq!(
+        (tank.fstype.as_str(), tank.is_block_backed()),
+        ("zfs", false)
+    );
+    assert!(topo.devices["dm-0"].holders.is_empty());
+    // `exitrd status` knows the payload needs zpool for it.
+    let out = Command::new(env!("CARGO_BIN_EXE_exitrd"))
+        .args(["status", "--root", root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("zpool (ZFS is mounted)"), "{status}");
+}

@@ -11,6 +11,7 @@
 #include <linux/dm-ioctl.h>
 #include <linux/raid/md_u.h>
 #include <linux/loop.h>
+#include <linux/nbd.h>
 #include <linux/watchdog.h>
 
 #define P(key, value) printf("%s %llu\n", key, (unsigned long long)(value))
@@ -61,6 +62,10 @@ int main(void)
 
 	/* loop */
 	P("LOOP_CLR_FD", LOOP_CLR_FD);
+
+	/* NBD */
+	P("NBD_DISCONNECT", NBD_DISCONNECT);
+	P("NBD_CLEAR_SOCK", NBD_CLEAR_SOCK);
 
 	/* watchdog */
 	P("WDIOC_KEEPALIVE", WDIOC_KEEPALIVE);

@@ -337,6 +337,50 @@ fn live_system_moves_what_the_overlay_needs_out_of_the_way() {
     assert_eq!(p.steps.len(), 9);
 }
 
+/// The same system as the exitrd really finds it (trixie VM, systemd 257): systemd has
+/// unmounted both overlay layers (the overlay keeps its own references to them) and moved
+/// the busy medium to /run/shutdown/mounts. loop0 has no user in sight but the overlay.
+#[test]
+fn live_system_after_systemd_detaches_the_loop_after_the_overlay() {
+    let text = "\
+30 1 0:26 / / rw - tmpfs exitrd rw
+29 30 0:40 / /oldroot ro - overlay overlay ro,lowerdir=/run/live/rootfs/filesystem.squashfs/,upperdir=/run/live/overlay/rw,workdir=/run/live/overlay/work
+28 29 0:25 / /oldroot/run rw - tmpfs tmpfs rw
+40 28 254:0 / /oldroot/run/shutdown/mounts/17b953cc00b2dc9c ro - ext4 /dev/vda ro
+";
+    let devices = vec![
+        dev("vda", 254, 0, DevKind::Disk, &[], &[]),
+        dev(
+            "loop0",
+            7,
+            0,
+            DevKind::Loop {
+                backing_file: Some(
+                    "/oldroot/run/shutdown/mounts/17b953cc00b2dc9c/live/filesystem.squashfs".into(),
+                ),
+            },
+            &[],
+            &[],
+        ),
+    ];
+    let p = plan(&topo_of(text, devices, &[]), &PlanOptions::shutdown());
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let mv_medium = position(
+        &p,
+        "move /oldroot/run/shutdown/mounts/17b953cc00b2dc9c out of the way to /exitrd-held/40 (still needed)",
+    );
+    // /oldroot/run is moved too (the overlay's layer paths point into it): after the
+    // medium below it, or the medium would go along with it.
+    let mv_run = position(
+        &p,
+        "move /oldroot/run out of the way to /exitrd-held/28 (still needed)",
+    );
+    let root = position(&p, "unmount /oldroot (overlay on overlay)");
+    let detach = position(&p, "detach loop device loop0 from /oldroot/run/shutdown/mounts/17b953cc00b2dc9c/live/filesystem.squashfs");
+    let medium = position(&p, "unmount /exitrd-held/40 (ext4 on /dev/vda)");
+    assert!(mv_medium < mv_run && mv_run < root && root < detach && detach < medium);
+}
+
 /// A live view of the same system (before the pivot) needs no move: nothing there is
 /// taken down but the plan shows the same dependencies.
 #[test]

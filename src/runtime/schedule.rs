@@ -64,10 +64,15 @@ pub fn run_passes(
     let mut failed_in: BTreeMap<String, usize> = BTreeMap::new();
     for pass in 0..limits.max_passes {
         let Some(topo) = ex.read() else { return };
+        // The plan's prefix that `which` selects, not every step it selects: a step left
+        // out may be needed first by the ones after it (the plan puts every mount that
+        // waits for no device before the first device step, so the unmount-only round
+        // never tries the file system holding an MD bitmap or a loop file before the
+        // array or loop device it serves is gone).
         let steps: Vec<Step> = plan::plan(&topo, opts)
             .steps
             .into_iter()
-            .filter(|s| which(s))
+            .take_while(|s| which(s))
             .collect();
         if steps.is_empty() {
             return;

@@ -2,4 +2,5 @@ pub mod devnode;
 pub mod dm;
 pub mod loopdev;
 pub mod md;
+pub mod nbd;
 pub mod swap;

@@ -39,7 +39,11 @@ pub enum DevKind {
         /// `None` when the loop device is not bound to a file (nothing to detach).
         backing_file: Option<String>,
     },
-    Nbd,
+    Nbd {
+        /// A client has handed the kernel a socket (the size is set); a disconnected
+        /// device is an empty slot with nothing to close.
+        connected: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -69,7 +73,8 @@ impl BlockDev {
         match &self.kind {
             DevKind::Dm { .. } | DevKind::Md { .. } => true,
             DevKind::Loop { backing_file } => backing_file.is_some(),
-            DevKind::Disk | DevKind::Partition { .. } | DevKind::Nbd => false,
+            DevKind::Nbd { connected } => *connected,
+            DevKind::Disk | DevKind::Partition { .. } => false,
         }
     }
 
@@ -91,7 +96,8 @@ impl BlockDev {
                 Some(f) => format!("loop on {f}"),
                 None => "loop (unbound)".into(),
             },
-            DevKind::Nbd => "network block device".into(),
+            DevKind::Nbd { connected: true } => "network block device".into(),
+            DevKind::Nbd { connected: false } => "network block device (disconnected)".into(),
         }
     }
 }
@@ -181,7 +187,9 @@ pub fn read(root: &Path) -> BTreeMap<String, BlockDev> {
                 parent: partition_parent(&class_dir, name, &known),
             }
         } else if name.starts_with("nbd") {
-            DevKind::Nbd
+            DevKind::Nbd {
+                connected: crate::teardown::nbd::connected(&class_dir, name),
+            }
         } else {
             DevKind::Disk
         };

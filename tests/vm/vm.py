@@ -27,6 +27,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,11 @@ class Scenario:
     control_absent: tuple[str, ...] = () # ... and expected missing without the package
     release: str = "trixie"
     extra_packages: tuple[str, ...] = ()
+    # Installed natively on the host in a chroot copy of the rootfs (contrib enabled, with
+    # linux-headers for its kernel): DKMS modules such as zfs-dkms, whose build under TCG
+    # would take far too long. A stage of its own, cached by these inputs.
+    native_packages: tuple[str, ...] = ()
+    in_suite: bool = True                # False: too slow for CI; run by hand (`vm.py run`)
     busybox_in_initramfs: bool = True    # False: BUSYBOX=n (cryptsetup-initramfs forces y)
     # Appended to the stack's initramfs.conf. zstd -1 trims the compression step; most of
     # update-initramfs's time under TCG is module copying for MODULES=most (~1 min on
@@ -147,6 +153,22 @@ class Scenario:
     # "base+deb" = disks and initrd without it, the .deb on the HARNESS disk (installed
     # on the running system); "pkg-plain" = disks with the package, initrd without it.
     media: str = "pkg"
+    # A live system (live-boot): no installer VM; live_medium() builds the boot medium on
+    # the host with the installer script (base: without the package; pkg: with it).
+    live: bool = False
+    control_gave_up: str | None = None   # regex for systemd giving up in the control
+    expect_order: tuple[str, ...] = ()   # regexes the test boot's log matches in this order
+    # The check boot runs guest/<check_extra> as run.sh (it may run check.sh itself) and
+    # its log must hold check_expect; with control_check_expect the control gets a check
+    # boot too, whose log must hold those (the difference the package makes on disk).
+    check_extra: str | None = None
+    check_expect: tuple[str, ...] = ()
+    control_check_expect: tuple[str, ...] = ()
+    # Network root: disk0 is not attached to the stack's boots (pkg, test, check); the
+    # host serves it over NBD from 127.0.0.1 and the guest reaches it through user-mode
+    # networking (see nbd_export). The installer still writes it as a virtio disk.
+    nbd_root: bool = False
+    nbd_stop_on: str | None = None       # test boot: the host freezes the server at this line
 
     @property
     def ident(self) -> str:
@@ -239,6 +261,126 @@ scenario(
     forbid=("Successfully changed into root pivot.",),
 )
 
+scenario(
+    name="purge", installer="install-lvm-luks-md.sh", disks=("4G", "4G"),
+    root="/dev/mapper/vg0-root", closed=(), inventory=False, pivot=False, check_boot=False,
+    test_extra="purge.sh", timeout_test=1200,
+    expect=("harness: purge: clean:",),
+    forbid=("Successfully changed into root pivot.", "purge: left behind:"),
+)
+
+# ZFS pool "tank" on LUKS2 (root: plain ext4). zfs-dkms is compiled natively in a chroot
+# copy of the rootfs: 9.5 min of CPU (33 min wall on 2 busy cores), and the stack's
+# installer and package boots load the zfs module and update-initramfs slowly under TCG
+# (7-12 min each on busy cores): over the CI budget, so not in `suite`. By hand:
+#   python3 tests/vm/vm.py run zfs-luks [--control]
+scenario(
+    name="zfs-luks", installer="install-zfs-luks.sh", disks=("4G", "1G"), root="/dev/vda",
+    closed=("tank_crypt",), native_packages=("zfs-dkms", "zfsutils-linux"), in_suite=False,
+    check_md=False, test_extra="test-zfs-luks.sh", check_extra="check-zfs-luks.sh",
+    control_gave_up=r"Unable to finalize remaining (file systems, )?DM devices, ignoring\.",
+    expect=("exitrd: zfs: exported pool tank",),
+    # systemd moves the busy dataset to /run/shutdown/mounts/<hash> before the pivot.
+    expect_order=(r"exitrd: unmounted /oldroot/\S+ \(zfs on tank/data\)",
+                  r"exitrd: zfs: exported pool tank",
+                  r"exitrd: closed dm-crypt mapping tank_crypt"),
+    check_expect=("zfs label state=exported", "zfs import as another host without -f: ok",
+                  "zfs data: marker ok"),
+    control_check_expect=("zfs label state=active",
+                          "zfs import as another host without -f: failed"),
+)
+
+# Debian Live / Tails (issue 4): live-boot (boot=live) mounts the boot medium (disk0, ext4,
+# /dev/vda) on /run/live/medium, live/filesystem.squashfs from it through loop0 on
+# /run/live/rootfs/filesystem.squashfs, and an overlay with a tmpfs upper layer
+# (/run/live/overlay) as /. No root= (live-boot finds the medium). Nothing persists,
+# so there is no check boot.
+scenario(
+    name="live", installer="install-live.sh", disks=(), root="", live=True,
+    initramfs_conf=("COMPRESSLEVEL=1", "MODULES=list"),
+    # init_on_free=1 as Tails: the pages the overlay frees are zeroed. Under TCG and host
+    # load that made the overlay's unmount take 4-6 s even after dropping the clean cache
+    # (guest/live-diag.sh), and once over 60 s without: more step time than the default 10 s.
+    append="boot=live init_on_free=1 exitrd.step_timeout=30s",
+    closed=("loop0",), check_boot=False, check_md=False, test_extra="live-diag.sh",
+    timeout_test=900,
+    kernel_lines=("EXT4-fs (vda): unmounting filesystem",),
+    control_absent=("EXT4-fs (vda): unmounting filesystem",),
+    # systemd unmounts both layers' mounts (the overlay keeps its own references) and
+    # moves the busy medium to /run/shutdown/mounts; loop0 gets LO_FLAGS_AUTOCLEAR from
+    # systemd's failed LOOP_CLR_FD, so it goes as soon as the overlay releases the squashfs.
+    expect=("harness: running initramfs tmpfs: rw,nosuid,nodev",
+            "Moving mount /run/live/medium to /run/shutdown/mounts/",
+            "Could not detach loopback /dev/loop0: Device or resource busy"),
+    expect_order=("exitrd: moved /oldroot/run/shutdown/mounts/",
+                  "exitrd: unmounted /oldroot (overlay on overlay)",
+                  "EXT4-fs (vda): unmounting filesystem",
+                  "exitrd: inventory: closed: loop0; left: none"),
+    forbid=("exitrd: could not",),
+    control_gave_up=r"Unable to finalize remaining (file systems, )?loop devices, ignoring\.",
+)
+
+# Three rows of issue 4 in one stack: / on an LVM thin volume whose pool's data LV has a
+# writeback dm-cache; the cache PV is an MD RAID1 whose write-intent bitmap is a file on
+# a third partition, mounted by the initramfs on /run/md-bitmap (see the installer). The
+# exitrd must move that mount out of the old root, stop md1, then unmount it. The check
+# boot reads dm-cache's dirty count before anything writes; the control gets one too.
+scenario(
+    name="lvm-cache-thin", installer="install-lvm-cache-thin.sh", disks=("4G", "512M", "512M"),
+    root="/dev/mapper/vg0-root", extra_packages=("fdisk", "thin-provisioning-tools"),
+    closed=("vg0-root", "vg0-pool-tpool", "vg0-pool_tdata", "vg0-pool_tdata_corig",
+            "vg0-cpool_cpool_cdata", "vg0-cpool_cpool_cmeta", "vg0-pool_tmeta", "md1"),
+    kernel_lines=("md: md1 stopped.",), control_absent=("md: md1 stopped.",),
+    test_extra="lvm-cache-thin-test.sh", check_extra="lvm-cache-thin-check.sh",
+    # systemd-shutdown moves the busy /run/md-bitmap to /run/shutdown/mounts/<id> first.
+    expect_order=("exitrd: moved /oldroot/run/", "exitrd: unmounted /oldroot (ext4",
+                  "exitrd: stopped MD array md1 (raid1)", "exitrd: unmounted /exitrd-held/"),
+    forbid=("exitrd: could not unmount /exitrd-held/",),
+    check_expect=("cache: dirty below used: the clean shutdown was recorded",
+                  "thin pool: no needs_check"),
+    control_check_expect=("cache: every used block dirty: unclean shutdown",),
+)
+
+# NBD root (issue 4): ext4 on /dev/nbd0, served by the host (qemu-nbd on 127.0.0.1, see
+# nbd_export), connected by nbd-client in the initramfs (nbdroot=, ip=dhcp, -persist
+# -systemd-mark). The exitrd must unmount the root while the network still works, then
+# disconnect nbd0 (NBD_DISCONNECT, NBD_CLEAR_SOCK) and report it closed.
+NBD_STACK = dict(installer="install-nbd-root.sh", disks=("3G",), root="/dev/nbd0",
+                 extra_packages=("nbd-client",), nbd_root=True, check_md=False,
+                 test_extra="nbd-test.sh")
+scenario(
+    name="nbd-root", **NBD_STACK, closed=("nbd0",),
+    # Without the package systemd only remounts / read-only and calls it done; nbd0
+    # stays connected (the kernel never logs a disconnect).
+    control_gave_up=r"All filesystems, swaps, loop devices, MD devices and DM devices detached\.",
+    kernel_lines=("EXT4-fs (nbd0): unmounting filesystem",
+                  "block nbd0: Disconnected due to user request."),
+    control_absent=("EXT4-fs (nbd0): unmounting filesystem",
+                    "block nbd0: Disconnected due to user request."),
+    expect=("harness: nbd: root: /dev/nbd0 ext4",),
+    forbid=("I/O error", "Dead connection", "Receive control failed"),
+    expect_order=(r"exitrd: unmounted /oldroot \(ext4 on /dev/nbd0\)",
+                  r"exitrd: disconnected network block device nbd0",
+                  r"exitrd: inventory: closed: nbd0"),
+)
+# ... and the server gone: a spared '@' writer keeps dirtying a file on / (so systemd
+# cannot remount it read-only), and the host freezes qemu-nbd (SIGSTOP: no answer, no
+# FIN) as systemd switches into the exitrd. Writes to nbd0 then hang in flight; the
+# exitrd must abandon what waits for them (sync, the writer stuck in the kernel, the
+# read-only remount), detach the root lazily, refuse to disconnect nbd0 under a file
+# system that still has unwritten data (left, with the reason) and power off within its
+# deadline. (Frozen earlier, at systemd-shutdown's first sync, systemd itself waits out
+# its sync timeout and then 90 s for D-state processes: no pivot within 420 s.)
+scenario(
+    name="nbd-server-gone", **{**NBD_STACK, "test_extra": "nbd-server-gone.sh"},
+    nbd_stop_on="systemd-shutdown[1]: Successfully changed into root pivot.",
+    control=False, check_boot=False, closed=(), left=("nbd0",), max_shutdown=75.0,
+    expect=("harness: nbd: writer started", "exitrd: sync: timed out",
+            "did not die (stuck in the kernel?): ",
+            "detached busy /oldroot lazily (could not make it read-only: timed out",
+            "nbd: /dev/nbd0 is still in use, not disconnected"),
+    forbid=("exitrd: disconnected network block device nbd0",),
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -409,15 +551,102 @@ def vm_slot(name: str):
 
 
 def boot(name: str, rundir: Path, kernel: Path, initrd: Path, append: str,
-         drives: list[Path], timeout: int, fmt: str = "qcow2") -> Boot:
+         drives: list[Path], timeout: int, fmt: str = "qcow2", nbd: Nbd | None = None) -> Boot:
     with vm_slot(name):
-        return boot_now(name, rundir, kernel, initrd, append, drives, timeout, fmt)
+        if nbd is None:
+            return boot_now(name, rundir, kernel, initrd, append, drives, timeout, fmt)
+        # The first drive is served over the network instead of being attached.
+        with nbd_export(drives[0], rundir, name, nbd) as (net, extra):
+            return boot_now(name, rundir, kernel, initrd, f"{append} {extra}", drives[1:],
+                            timeout, fmt, net)
+
+
+# Network roots (Scenario.nbd_root): qemu-nbd serves the image on 127.0.0.1 only, at a
+# free port; the guest's user-mode network is restricted (no route to any real network)
+# and has one forward: connections to NBD_GUEST_ADDR:NBD_GUEST_PORT start a socat on the
+# host that relays them to that port. The initramfs (nbd-client's local-top script)
+# connects with nbdroot= after ip=dhcp (qemu's built-in DHCP server).
+NBD_GUEST_ADDR = "10.0.2.100"
+NBD_GUEST_PORT = 10809
+NBD_EXPORT = "root"
+
+
+@dataclasses.dataclass(frozen=True)
+class Nbd:
+    stop_on: str | None = None   # stop answering once the serial log shows this line
+
+
+@contextlib.contextmanager
+def nbd_export(image: Path, rundir: Path, name: str, nbd: Nbd):
+    """Serve `image` over NBD for one boot; yields (qemu network args, kernel args)."""
+    import socket
+    import threading
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fmt = "raw" if image.suffix in (".img", ".raw") else "qcow2"
+    log = open(rundir / f"{name}.qemu-nbd.log", "wb")
+    srv = subprocess.Popen(["qemu-nbd", "--bind", "127.0.0.1", "--port", str(port),
+                            "--export-name", NBD_EXPORT, "--format", fmt, "--persistent",
+                            "--shared", "4", "--cache", "unsafe", str(image)],
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    t0 = time.monotonic()
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if srv.poll() is not None or time.monotonic() - t0 > 20:
+                srv.kill()
+                log.close()
+                raise SystemExit(f"qemu-nbd for {image} did not start; see {log.name}")
+            time.sleep(0.2)
+    say(f"boot {name}: {image.name} served over NBD on 127.0.0.1:{port}")
+    stop = threading.Event()
+
+    def watch() -> None:
+        serial = rundir / f"{name}.serial.log"
+        while not stop.wait(0.3):
+            try:
+                text = serial.read_bytes().decode("utf-8", "replace")
+            except OSError:
+                continue
+            if nbd.stop_on in text:
+                # Frozen, not killed: no FIN reaches the guest, its requests stay in
+                # flight unanswered, as with a server that lost power or a cut cable.
+                srv.send_signal(signal.SIGSTOP)
+                msg = f"host: froze the NBD server (SIGSTOP) at {nbd.stop_on!r}"
+                (rundir / f"{name}.nbd-stopped").write_text(f"{time.time():.3f}\n")
+                say(f"boot {name}: {msg}")
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True) if nbd.stop_on else None
+    if watcher:
+        watcher.start()
+    net = ["-nic", f"user,model=virtio-net-pci,restrict=on,guestfwd=tcp:{NBD_GUEST_ADDR}:"
+           f"{NBD_GUEST_PORT}-cmd:socat -lf /dev/null - TCP:127.0.0.1:{port}"]
+    extra = (f"nbdroot={NBD_GUEST_ADDR}:{NBD_GUEST_PORT}/{NBD_EXPORT} ip=dhcp")
+    try:
+        yield net, extra
+    finally:
+        stop.set()
+        if watcher:
+            watcher.join()
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+        log.close()
 
 
 def boot_now(name: str, rundir: Path, kernel: Path, initrd: Path, append: str,
-             drives: list[Path], timeout: int, fmt: str = "qcow2") -> Boot:
+             drives: list[Path], timeout: int, fmt: str = "qcow2",
+             net: list[str] | None = None) -> Boot:
     log_path = rundir / f"{name}.serial.log"
-    cmd = QEMU_BASE + [
+    base = list(QEMU_BASE)
+    if net is not None:
+        i = base.index("-nic")
+        base[i:i + 2] = net   # in place of "-nic none"
+    cmd = base + [
         "-kernel", str(kernel), "-initrd", str(initrd),
         "-append", f"{append} {CMDLINE_BASE}",
         "-serial", f"file:{log_path}",
@@ -457,10 +686,10 @@ def emulator_fault(text: str) -> str | None:
 
 
 def boot_fresh(name: str, rundir: Path, kernel: Path, initrd: Path, append: str,
-               setup, timeout: int) -> Boot:
+               setup, timeout: int, nbd: Nbd | None = None) -> Boot:
     """boot() on the drives setup() makes; once more when the emulator broke the guest."""
     for attempt in (1, 2):
-        b = boot(name, rundir, kernel, initrd, append, setup(), timeout)
+        b = boot(name, rundir, kernel, initrd, append, setup(), timeout, nbd=nbd)
         fault = emulator_fault(b.text)
         if fault is None or attempt == 2:
             return b
@@ -607,6 +836,16 @@ def checks_test_boot(s: Scenario, b: Boot) -> list[Check]:
         c.append(Check(f"log has '{l}'", l in text, "absent"))
     for l in s.forbid:
         c.append(Check(f"log lacks '{l}'", l not in text, "present"))
+    if s.expect_order:
+        pos, missing = 0, None
+        for rx in s.expect_order:
+            m = re.compile(rx).search(text, pos)
+            if m is None:
+                missing = rx
+                break
+            pos = m.end()
+        c.append(Check("in order: " + " < ".join(f"/{rx}/" for rx in s.expect_order),
+                       missing is None, f"no /{missing}/ after the ones before it"))
     for x in c:
         if not x.ok:
             x.detail += f"\n  shutdown part of {b.log_path}:\n" + indent(excerpt)
@@ -614,19 +853,23 @@ def checks_test_boot(s: Scenario, b: Boot) -> list[Check]:
     return c
 
 
-def checks_check_boot(s: Scenario, b: Boot, token: str) -> list[Check]:
+def checks_check_boot(s: Scenario, b: Boot, token: str, control: bool = False) -> list[Check]:
     text = b.text
     hl = harness_lines(text)
     c = [Check("check boot powered off", b.powered_off, b.why_not_off())]
     marker = next((l[len("marker="):] for l in hl if l.startswith("marker=")), None)
     c.append(Check("marker survived", marker == token, f"marker={marker!r}, token={token!r}"))
-    if s.check_md:
+    # After a control the arrays' state is what the package would have prevented: only
+    # control_check_expect is asserted there.
+    if s.check_md and not control:
         md = [l for l in hl if l.startswith("mdstat ")]
         busy = [l for l in md if re.search(r"resync|recover|reshape|check", l)]
         c.append(Check("md arrays idle (no resync/recovery)", bool(md) and not busy,
                        "\n" + indent("\n".join(md) or "no mdstat lines")))
         unclean = [msg for _, msg in stamped(text) if "not clean -- starting background" in msg]
         c.append(Check("md not marked unclean at assembly", not unclean, "; ".join(unclean)))
+    for l in s.control_check_expect if control else s.check_expect:
+        c.append(Check(f"check boot log has '{l}'", l in text, "absent"))
     fsck = [l[len("fsck "):] for l in hl if l.startswith("fsck ")]
     if fsck:
         clean = any(re.search(r": clean, \d+/\d+ files", l) for l in fsck)
@@ -643,7 +886,8 @@ def checks_check_boot(s: Scenario, b: Boot, token: str) -> list[Check]:
 def checks_control(s: Scenario, b: Boot) -> list[Check]:
     """Without the package, systemd must fail to finish and never switch."""
     text = b.text
-    unable = pinned(UNABLE_FINALIZE, s.release)
+    unable = (re.compile(s.control_gave_up) if s.control_gave_up
+              else pinned(UNABLE_FINALIZE, s.release))
     switch = pinned(SWITCH_LINES, s.release)
     c = [Check("VM powered off by itself", b.powered_off, b.why_not_off()),
          Check("no switch into an exitrd", not any(l in text for l in switch), "switched"),
@@ -691,6 +935,65 @@ def rootfs(release: str, extra: tuple[str, ...] = ()) -> Path:
     return cached(f"rootfs-{release}", key, build)
 
 
+@functools.cache
+def rootfs_native(release: str, extra: tuple[str, ...], native: tuple[str, ...]) -> Path:
+    """rootfs() plus packages installed by apt in a chroot on the host (DKMS builds)."""
+    base = rootfs(release, extra)
+    if not native:
+        return base
+    packages = sorted(set(native))
+    key = key_of("rootfs-native", base.name, MIRROR, packages)
+
+    def build(tmp: Path) -> None:
+        t0 = time.monotonic()
+        root = tmp / "rootfs"
+        run(["cp", "-a", "--reflink=auto", base / "rootfs", root])
+        kver = (base / "kernel-version").read_text().strip()
+        (root / "etc/apt/sources.list").write_text(f"deb {MIRROR} {release} main contrib\n")
+        shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
+        policy = root / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        log = tmp / "apt.log"
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8")
+        mounts = [("proc", "proc"), ("sysfs", "sys"), ("devtmpfs", "dev")]
+        done = []
+        try:
+            for fs, d in mounts:
+                run(["mount", "-t", fs, fs, root / d])
+                done.append(root / d)
+            say(f"{release}: apt-get install {' '.join(packages)} in a chroot (log {log})")
+            with open(log, "w") as f:
+                for cmd in (["apt-get", "update"],
+                            ["apt-get", "install", "-y", "--no-install-recommends",
+                             f"linux-headers-{kver}"] + packages):
+                    r = subprocess.run(["chroot", root] + cmd, stdout=f,
+                                       stderr=subprocess.STDOUT, env=env)
+                    if r.returncode:
+                        raise SystemExit(f"{cmd} failed, see {log}:\n"
+                                         f"{indent(tail(log.read_text()))}")
+                if (root / "usr/sbin/dkms").exists():  # built for the rootfs's kernel?
+                    run(["chroot", root, "dkms", "autoinstall", "-k", kver], stdout=f,
+                        stderr=subprocess.STDOUT, env=env)
+                    run(["chroot", root, "dkms", "status"], stdout=f, stderr=subprocess.STDOUT)
+                run(["chroot", root, "apt-get", "clean"], stdout=f, stderr=subprocess.STDOUT)
+        finally:
+            for d in reversed(done):
+                run(["umount", "-l", d], check=False)
+            policy.unlink(missing_ok=True)
+        shutil.copyfile(base / "vmlinuz", tmp / "vmlinuz")
+        shutil.copyfile(sorted((root / "boot").glob("initrd.img-*"))[-1], tmp / "initrd.img")
+        (tmp / "kernel-version").write_text(kver + "\n")
+        used = int(run(["du", "-sm", root], capture_output=True, text=True).stdout.split()[0])
+        run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", root, tmp / "rootfs.img",
+             f"{max(3072, used * 2)}M"], stdout=subprocess.DEVNULL)
+        secs = time.monotonic() - t0
+        (tmp / "build-seconds").write_text(f"{secs:.0f}\n")
+        STATS.append((f"rootfs {release} + {' '.join(packages)} (native chroot)", secs))
+
+    return cached(f"rootfs-{release}-native", key, build)
+
+
 def customise_rootfs(root: Path) -> None:
     (root / "etc/hostname").write_text("exitrd-vm\n")
     (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 exitrd-vm\n")
@@ -715,7 +1018,9 @@ def customise_rootfs(root: Path) -> None:
 
 @functools.cache
 def stack_base(s: Scenario) -> Path:
-    rf = rootfs(s.release, s.extra_packages)
+    if s.live:
+        return live_medium(s, None)
+    rf = rootfs_native(s.release, s.extra_packages, s.native_packages)
     key = key_of("base", rf.name, s.installer, guest_text(s.installer), guest_text("lib.sh"),
                  s.disks, s.busybox_in_initramfs, s.initramfs_conf)
 
@@ -749,6 +1054,77 @@ def stack_base(s: Scenario) -> Path:
         STATS.append((f"{s.ident}: stage base (installer boot)", b.wall))
 
     return cached(f"base-{stack_name(s)}-{s.release}", key, build)
+
+
+@functools.cache
+def live_medium(s: Scenario, deb: Path | None) -> Path:
+    """A live system's boot medium, built on the host as live-build does: the scenario's
+    installer script runs in a chroot of a copy of the cached rootfs (own PID and mount
+    namespaces, only /proc mounted) and installs live-boot, and the package when `deb` is
+    given; the tree is squashed into live/filesystem.squashfs on an ext4 disk
+    (disk0.qcow2), the chroot's kernel and initrd beside it. The base stage (no package,
+    initrd-plain.img) and the pkg stage (initrd-exitrd.img) of a live scenario."""
+    rf = rootfs(s.release, s.extra_packages)
+    deb_sha = sha256_file(deb) if deb else None
+    key = key_of("live", rf.name, MIRROR, s.installer, guest_text(s.installer),
+                 s.initramfs_conf, deb_sha)
+    stage = "pkg" if deb else "base"
+
+    def build(tmp: Path) -> None:
+        t0 = time.monotonic()
+        root = tmp / "root"
+        run(["cp", "-a", "--reflink=auto", rf / "rootfs", root])
+        (root / "tmp/install-live.sh").write_text(guest_text(s.installer))
+        shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
+        env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8",
+               f"INITRAMFS_CONF={' '.join(s.initramfs_conf)}"]
+        if deb:
+            shutil.copyfile(deb, root / "tmp/exitrd.deb")
+            env.append("LIVE_DEB=/tmp/exitrd.deb")
+        log = tmp / "install-live.log"
+        say(f"{s.ident}: live medium ({stage}): chroot on the host (log {log})")
+        with open(log, "w") as f:
+            r = subprocess.run(["unshare", "--pid", "--fork", f"--mount-proc={root}/proc",
+                                "chroot", root, *env, "sh", "/tmp/install-live.sh"],
+                               stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if r.returncode:
+            raise SystemExit(f"{s.installer} failed, see {log}:\n{indent(tail(log.read_text()))}")
+        shutil.copyfile(rf / "rootfs/etc/resolv.conf", root / "etc/resolv.conf")
+        for f in ("tmp/install-live.sh", "tmp/exitrd.deb"):
+            (root / f).unlink(missing_ok=True)
+        boot = root / "boot"
+        shutil.copyfile(next(boot.glob("vmlinuz-*")), tmp / "vmlinuz")
+        shutil.copyfile(next(boot.glob("initrd.img-*")), tmp / f"initrd-{'exitrd' if deb else 'plain'}.img")
+        t1 = time.monotonic()
+        medium = tmp / "medium"
+        (medium / "live").mkdir(parents=True)
+        squash = medium / "live/filesystem.squashfs"
+        run(["mksquashfs", root, squash, "-noappend", "-quiet", "-no-progress", "-comp", "zstd",
+             "-Xcompression-level", "3", "-wildcards", "-e", "boot/initrd.img-*"],
+            stdout=subprocess.DEVNULL)
+        t2 = time.monotonic()
+        size_m = squash.stat().st_size // (1 << 20) + 64
+        img = tmp / "medium.img"
+        run(["mkfs.ext4", "-q", "-F", "-L", "LIVEMEDIUM", "-d", medium, img, f"{size_m}M"],
+            stdout=subprocess.DEVNULL)
+        run(["qemu-img", "convert", "-O", "qcow2", img, tmp / "disk0.qcow2"])
+        img.unlink()
+        shutil.rmtree(medium)
+        shutil.rmtree(root)
+        msg = (f"chroot {t1 - t0:.0f} s, mksquashfs {t2 - t1:.0f} s, "
+               f"squashfs {size_m - 64} MiB")
+        (tmp / "build-info").write_text(msg + "\n")
+        STATS.append((f"{s.ident}: stage {stage} (live medium on the host: {msg})",
+                      time.monotonic() - t0))
+
+    return cached(f"{stage}-{stack_name(s)}-{s.release}", key, build)
+
+
+def nbd_of(s: Scenario, test: bool = False) -> Nbd | None:
+    """How a boot of the stack (not its installer) gets disk0 when it is a network root."""
+    if not s.nbd_root:
+        return None
+    return Nbd(stop_on=s.nbd_stop_on if test else None)
 
 
 def stack_name(s: Scenario) -> str:
@@ -786,6 +1162,8 @@ def find_deb() -> Path:
 
 
 def stack_pkg(s: Scenario, deb: Path) -> Path:
+    if s.live:
+        return live_medium(s, deb)
     base = stack_base(s)
     deb_sha = sha256_file(deb)
     key = key_of("pkg", base.name, deb_sha, guest_text("install-package.sh"), guest_text("lib.sh"))
@@ -800,7 +1178,7 @@ def stack_pkg(s: Scenario, deb: Path) -> Path:
             return disks + [hd]
 
         b = boot_fresh("install-package", tmp, base / "vmlinuz", base / "initrd-plain.img",
-                       f"root={s.root} ro", setup, TIMEOUT_INSTALL)
+                       f"root={s.root} ro", setup, TIMEOUT_INSTALL, nbd_of(s))
         require_harness_ok(b, f"{s.ident}: package install")
         if not debugfs_dump(hd, "/out/initrd-exitrd.img", tmp / "initrd-exitrd.img"):
             raise SystemExit(f"{s.ident}: package stage left no initrd-exitrd.img")
@@ -809,6 +1187,64 @@ def stack_pkg(s: Scenario, deb: Path) -> Path:
         STATS.append((f"{s.ident}: stage pkg (package install boot)", b.wall))
 
     return cached(f"pkg-{stack_name(s)}-{s.release}", key, build)
+
+
+# Benchmarks (tests/bench): Debian's dracut in place of initramfs-tools, with its shutdown
+# module. The guests have no network: the .debs are fetched on the host in a chroot copy of
+# the stack's rootfs (same sources, same dpkg state) and handed over on the HARNESS disk.
+DRACUT_PACKAGES = ("dracut", "systemd-cryptsetup")
+
+
+def fetch_debs(rf: Path, release: str, packages: tuple[str, ...], dest: Path) -> list[Path]:
+    root = dest / "chroot"
+    run(["cp", "-a", "--reflink=auto", rf / "rootfs", root])
+    (root / "etc/apt/sources.list").write_text(f"deb {MIRROR} {release} main\n")
+    shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
+    log = dest / "apt.log"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8")
+    with open(log, "w") as f:
+        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--download-only",
+                                            "--no-install-recommends", *packages]):
+            r = subprocess.run(["chroot", root] + cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+            if r.returncode:
+                raise SystemExit(f"{cmd} failed, see {log}:\n{indent(tail(log.read_text()))}")
+    for p in (root / "var/cache/apt/archives").glob("*.deb"):
+        shutil.copyfile(p, dest / p.name)
+    shutil.rmtree(root)
+    return sorted(dest.glob("*.deb"))
+
+
+def stack_dracut(s: Scenario) -> Path:
+    """The base stack with dracut replacing initramfs-tools: disks and initrd-dracut.img."""
+    base = stack_base(s)
+    rf = rootfs_native(s.release, s.extra_packages, s.native_packages)
+    key = key_of("dracut", base.name, rf.name, MIRROR, DRACUT_PACKAGES,
+                 guest_text("install-dracut.sh"), guest_text("lib.sh"))
+
+    def build(tmp: Path) -> None:
+        debdir = tmp / "debs"
+        debdir.mkdir()
+        debs = fetch_debs(rf, s.release, DRACUT_PACKAGES, debdir)
+        (tmp / "debs.txt").write_text("".join(f"{d.name}\n" for d in debs))
+        hd = tmp / "harness.img"
+
+        def setup() -> list[Path]:
+            disks = [overlay(d, tmp / d.name) for d in base_disks(base)]
+            make_harness_disk(hd, {"run.sh": guest_text("install-dracut.sh"),
+                                   **{d.name: d for d in debs}},
+                              {"OUT_INITRD": "initrd-dracut.img"})
+            return disks + [hd]
+
+        b = boot_fresh("install-dracut", tmp, base / "vmlinuz", base / "initrd-plain.img",
+                       f"root={s.root} ro", setup, TIMEOUT_INSTALL)
+        require_harness_ok(b, f"{s.ident}: dracut install")
+        if not debugfs_dump(hd, "/out/initrd-dracut.img", tmp / "initrd-dracut.img"):
+            raise SystemExit(f"{s.ident}: dracut stage left no initrd-dracut.img")
+        hd.unlink()
+        shutil.rmtree(debdir)
+        STATS.append((f"{s.ident}: stage dracut (dracut install boot)", b.wall))
+
+    return cached(f"dracut-{stack_name(s)}-{s.release}", key, build)
 
 
 # --------------------------------------------------------------------------- a test run
@@ -865,7 +1301,8 @@ def run_scenario(s: Scenario, control: bool, capture: Path | None = None,
         return disks + [hd]
 
     tb = boot_fresh("test", rundir, base / "vmlinuz", initrd,
-                    f"root={s.root} ro {s.append}".strip(), setup_test, s.timeout_test)
+                    f"root={s.root} ro {s.append}".strip(), setup_test, s.timeout_test,
+                    nbd_of(s, test=True))
     STATS.append((f"{label}: test boot", tb.wall))
     if capture and tb.powered_off:
         tmpcap = rundir / "fixture"
@@ -877,19 +1314,20 @@ def run_scenario(s: Scenario, control: bool, capture: Path | None = None,
     cb = None
     # A control only has to show that the test boot's assertions fail without the
     # package; what its next boot finds is not asserted, so it is not booted.
-    if s.check_boot and not control:
+    if s.check_boot and (not control or s.control_check_expect):
         hc = rundir / "harness-check.img"
 
         def setup_check() -> list[Path]:
             # On top of the test boot's disks, so a repeated check boot finds them as the
             # test boot left them.
             upper = [overlay(d, d.with_name(f"check-{d.name}")) for d in disks]
-            make_harness_disk(hc, {"run.sh": guest_text("check.sh")}, {})
+            make_harness_disk(hc, {"run.sh": guest_text(s.check_extra or "check.sh"),
+                                   "check.sh": guest_text("check.sh")}, {})
             return upper + [hc]
 
         cb = boot_fresh("check", rundir, base / "vmlinuz", initrd,
                         f"root={s.root} ro init=/usr/local/sbin/exitrd-harness", setup_check,
-                        TIMEOUT_CHECK)
+                        TIMEOUT_CHECK, nbd_of(s))
         STATS.append((f"{label}: check boot", cb.wall))
 
     res = evaluate(s, control, label, rundir, tb, cb, token)
@@ -903,7 +1341,7 @@ def run_scenario(s: Scenario, control: bool, capture: Path | None = None,
 
 def evaluate(s: Scenario, control: bool, label: str, rundir: Path, tb: Boot, cb: Boot,
              token: str) -> Result:
-    after = checks_check_boot(s, cb, token) if cb is not None else []
+    after = checks_check_boot(s, cb, token, control) if cb is not None else []
     if control:
         checks = checks_control(s, tb) + after
     else:
@@ -940,6 +1378,9 @@ def report(r: Result, show_log: bool = False) -> None:
         notes = sorted({m for ts, m in stamped(b.text) if ts is not None and "exitrd: could not" in m})
         for n in notes:
             print(f"   note: {n}")
+        for l in harness_lines(b.text):  # a guest script's figures ("harness: figure ...")
+            if l.startswith("figure "):
+                print(f"   {l}")
         if show_log:
             print(indent(b.text))
     print(flush=True)
@@ -983,9 +1424,10 @@ def cmd_suite(a) -> int:
     if a.names:
         chosen = [pick(n, a.release) for n in a.names]
     elif a.release:
-        chosen = list({pick(s.name, a.release): None for s in SCENARIOS.values()})
+        chosen = list({pick(s.name, a.release): None for s in SCENARIOS.values()
+                       if s.in_suite})
     else:
-        chosen = list(SCENARIOS.values())
+        chosen = [s for s in SCENARIOS.values() if s.in_suite]
     for s in chosen:
         for control in (False, True) if s.control else (False,):
             results.append(run_scenario(s, control, keep=a.keep))

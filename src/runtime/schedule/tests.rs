@@ -95,6 +95,18 @@ impl Fake {
             Step::Unmount { mount_point, .. } => {
                 self.topo.mounts.retain(|m| &m.mount_point != mount_point)
             }
+            Step::MoveOut { mount_point, to } => {
+                for m in self.topo.mounts.iter_mut() {
+                    if &m.mount_point == mount_point {
+                        m.mount_point = to.clone();
+                    }
+                }
+                for f in self.topo.md_bitmap_files.values_mut() {
+                    if let Some(rest) = f.strip_prefix(mount_point.as_str()) {
+                        *f = format!("{to}{rest}");
+                    }
+                }
+            }
             other => {
                 if let Some(gone) = other.closes_device() {
                     let gone = gone.to_string();
@@ -297,4 +309,74 @@ fn a_filter_runs_only_the_selected_steps() {
     );
     assert_eq!(p.done.len(), 3);
     assert_eq!(fake.topo.devices.len(), 4);
+}
+
+/// Root on an MD array whose bitmap file lives on another file system (the VM's
+/// lvm-cache-thin): the unmount-only round moves that file system out of the way and
+/// unmounts the root, but leaves it mounted until the array is stopped.
+#[test]
+fn the_unmount_only_round_leaves_what_a_device_still_needs() {
+    let mut fake = Fake::lvm_luks_md();
+    fake.topo.mounts = mountinfo::parse(
+        "30 1 0:26 / / rw - tmpfs exitrd rw\n\
+         29 30 252:20 / /oldroot ro - ext4 /dev/md0 ro\n\
+         31 29 252:32 / /oldroot/bitmap rw - ext4 /dev/vdc rw\n",
+    )
+    .unwrap();
+    fake.topo.devices = [
+        dev("vda", 16, DevKind::Disk, &["md0"], &[]),
+        dev("vdc", 32, DevKind::Disk, &[], &[]),
+        dev(
+            "md0",
+            20,
+            DevKind::Md {
+                level: "raid1".into(),
+            },
+            &[],
+            &["vda"],
+        ),
+    ]
+    .into_iter()
+    .map(|d| (d.name.clone(), d))
+    .collect();
+    fake.topo
+        .md_bitmap_files
+        .insert("md0".into(), "/oldroot/bitmap/md0.bitmap".into());
+    let mut p = Progress::default();
+    let unmounts_only = |s: &Step| s.closes_device().is_none();
+    run_passes(
+        &mut fake,
+        &unmounts_only,
+        &PlanOptions::shutdown(),
+        limits(60),
+        &mut p,
+    );
+    let done = |p: &Progress| -> Vec<String> { p.done.iter().map(|s| s.describe()).collect() };
+    assert_eq!(
+        done(&p),
+        vec![
+            "move /oldroot/bitmap out of the way to /exitrd-held/31 (still needed)",
+            "unmount /oldroot (ext4 on /dev/md0)",
+        ]
+    );
+    assert!(
+        !fake.log.iter().any(|l| l.contains("/exitrd-held/31 (ext4")),
+        "{:?}",
+        fake.log
+    );
+    run_passes(
+        &mut fake,
+        &all,
+        &PlanOptions::shutdown(),
+        limits(60),
+        &mut p,
+    );
+    assert_eq!(
+        done(&p)[2..],
+        [
+            "stop MD array md0 (raid1)",
+            "unmount /exitrd-held/31 (ext4 on /dev/vdc)",
+        ]
+    );
+    assert!(p.failed.is_empty(), "{:?}", p.failed);
 }

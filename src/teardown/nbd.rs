@@ -1,0 +1,120 @@
+//! Disconnecting network block devices, written from `<linux/nbd.h>`.
+//!
+//! Once the file systems on an NBD device are unmounted, exitrd asks the kernel to say
+//! goodbye to the server (`NBD_DISCONNECT`: an `NBD_CMD_DISC` request, sent without
+//! waiting for an answer) and to drop the socket (`NBD_CLEAR_SOCK`), which is what
+//! `nbd-client -d` does. Neither waits for the server, so a server that is gone costs
+//! nothing here. The `nbd-client` process that handed the socket to the kernel (spared
+//! until now by its `@` mark) then returns from `NBD_DO_IT` and exits.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::ioctl::ioctl_num_type;
+
+use super::devnode::with_context;
+
+/// `_IO(0xab, 8)` and `_IO(0xab, 4)` in `<linux/nbd.h>`.
+const NBD_IOCTL: u8 = 0xab;
+const NBD_DISCONNECT: ioctl_num_type = nix::request_code_none!(NBD_IOCTL, 8);
+const NBD_CLEAR_SOCK: ioctl_num_type = nix::request_code_none!(NBD_IOCTL, 4);
+
+/// Whether the NBD device `name` is connected: its size is not zero. The kernel sets
+/// the size when a client connects and clears it when the last user lets go.
+pub fn connected(sys_class_block: &Path, name: &str) -> bool {
+    std::fs::read_to_string(sys_class_block.join(name).join("size"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_some_and(|s| s > 0)
+}
+
+/// Disconnects the NBD device `node` (kernel name `name`) and waits up to `settle` for
+/// the kernel to show it disconnected.
+///
+/// The kernel disconnects a device whatever uses it, and a file system still mounted on
+/// it would lose its unwritten data. So the device is opened exclusively first: that
+/// fails with `EBUSY` while a file system, a swap area or a stacked device (DM, MD)
+/// claims it. `nbd-client`'s own descriptor is not exclusive.
+pub fn disconnect(node: &Path, name: &str, settle: Duration) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_EXCL)
+        .open(node)
+        .map_err(|e| {
+            let what = if e.raw_os_error() == Some(libc::EBUSY) {
+                format!("nbd: {} is still in use, not disconnected", node.display())
+            } else {
+                format!("nbd: opening {}", node.display())
+            };
+            with_context(e, what)
+        })?;
+    for (code, what) in [
+        (NBD_DISCONNECT, "disconnect"),
+        (NBD_CLEAR_SOCK, "clear-sock"),
+    ] {
+        // SAFETY: both ioctls take no argument: the kernel reads and writes no memory
+        // of ours. `file` keeps the descriptor open during the call.
+        let ret = unsafe { libc::ioctl(file.as_raw_fd(), code) };
+        Errno::result(ret)
+            .map_err(|e| with_context(e.into(), format!("nbd: {what} on {}", node.display())))?;
+    }
+    drop(file);
+    let sys = Path::new("/sys/class/block");
+    let started = Instant::now();
+    while connected(sys, name) {
+        if started.elapsed() >= settle {
+            return Err(io::Error::other(
+                "disconnect sent, but the device still has its size (a user holds it open)",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::devnode::{abi_probe, errno};
+    use super::*;
+
+    #[test]
+    fn constants_match_kernel_headers() {
+        abi_probe::check(&[
+            ("NBD_DISCONNECT", abi_probe::ioctl_code(NBD_DISCONNECT)),
+            ("NBD_CLEAR_SOCK", abi_probe::ioctl_code(NBD_CLEAR_SOCK)),
+        ]);
+    }
+
+    #[test]
+    fn connected_reads_the_size() {
+        let dir = std::env::temp_dir().join(format!("exitrd-nbd-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("nbd0")).unwrap();
+        std::fs::create_dir_all(dir.join("nbd1")).unwrap();
+        std::fs::write(dir.join("nbd0/size"), "6291456\n").unwrap();
+        std::fs::write(dir.join("nbd1/size"), "0\n").unwrap();
+        assert!(connected(&dir, "nbd0"));
+        assert!(!connected(&dir, "nbd1"));
+        assert!(!connected(&dir, "nbd2"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_node() {
+        let err = disconnect(Path::new("/nonexistent/nbd9"), "nbd9", Duration::ZERO).unwrap_err();
+        assert_eq!(errno(&err), Some(libc::ENOENT));
+        assert!(err.to_string().contains("/nonexistent/nbd9"), "{err}");
+
+        // Not an NBD device: the kernel refuses the ioctl.
+        let err = disconnect(Path::new("/dev/null"), "null", Duration::ZERO).unwrap_err();
+        assert!(
+            err.to_string().contains("nbd: disconnect on /dev/null"),
+            "{err}"
+        );
+    }
+}
