@@ -22,6 +22,33 @@ fn plan(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `exitrd plan --root tests/fixtures/NAME`, which must succeed.
+fn plan_text(name: &str) -> String {
+    let root = fixture(name);
+    let (code, text, _) = plan(&["--root", root.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    text
+}
+
+/// The numbered steps of `exitrd plan --root tests/fixtures/NAME`, without their numbers.
+fn steps_of(name: &str) -> Vec<String> {
+    plan_text(name)
+        .lines()
+        .filter_map(|l| l.trim().split_once(". "))
+        .filter(|(n, _)| n.parse::<usize>().is_ok())
+        .map(|(_, s)| s.to_string())
+        .collect()
+}
+
+/// Where the step `wanted` is (a trailing `…` matches any rest of the line).
+fn step_at(steps: &[String], wanted: &str) -> usize {
+    let found = match wanted.strip_suffix('…') {
+        Some(prefix) => steps.iter().position(|s| s.starts_with(prefix)),
+        None => steps.iter().position(|s| s == wanted),
+    };
+    found.unwrap_or_else(|| panic!("no step {wanted:?} in {steps:#?}"))
+}
+
 #[test]
 fn exitrd_view_unmounts_oldroot_last_and_json_matches_text() {
     let root = fixture("exitrd-view");
@@ -61,19 +88,10 @@ fn shutdown_mode_refuses_when_not_pid1() {
 
 #[test]
 fn lvm_luks_md_fixture_from_the_vm_plans_top_down() {
+    let steps = steps_of("lvm-luks-md");
+    let text = plan_text("lvm-luks-md");
     let root = fixture("lvm-luks-md");
-    let (code, text, _) = plan(&["--root", root.to_str().unwrap()]);
-    assert_eq!(code, 0, "{text}");
-    let steps: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.trim().split_once(". ").map(|(_, s)| s))
-        .collect();
-    let at = |s: &str| {
-        steps
-            .iter()
-            .position(|x| *x == s)
-            .unwrap_or_else(|| panic!("no step {s:?} in {steps:?}"))
-    };
+    let at = |s: &str| step_at(&steps, s);
     let unmount_root = at("unmount / (ext4 on /dev/mapper/vg0-root)");
     let remove_lv = at("remove LVM volume vg0-root (dm-1)");
     let close_luks = at("close dm-crypt mapping md0_crypt (dm-0) and free its key");
@@ -116,26 +134,8 @@ fn multi_call_name_shutdown_refuses_when_not_pid1() {
 
 #[test]
 fn live_fixture_from_the_vm_takes_the_overlay_down_before_its_loop_and_medium() {
-    let steps_of = |name: &str| -> Vec<String> {
-        let root = fixture(name);
-        let (code, text, _) = plan(&["--root", root.to_str().unwrap()]);
-        assert_eq!(code, 0, "{text}");
-        text.lines()
-            .filter_map(|l| l.trim().split_once(". "))
-            .filter(|(n, _)| n.parse::<usize>().is_ok())
-            .map(|(_, s)| s.to_string())
-            .collect()
-    };
     let in_order = |steps: &[String], wanted: &[&str]| {
-        let at: Vec<usize> = wanted
-            .iter()
-            .map(|w| {
-                steps
-                    .iter()
-                    .position(|s| s == w)
-                    .unwrap_or_else(|| panic!("no step {w:?} in {steps:#?}"))
-            })
-            .collect();
+        let at: Vec<usize> = wanted.iter().map(|w| step_at(steps, w)).collect();
         assert!(
             at.windows(2).all(|w| w[0] < w[1]),
             "{wanted:#?} in {steps:#?}"
@@ -177,19 +177,10 @@ fn live_fixture_from_the_vm_takes_the_overlay_down_before_its_loop_and_medium() 
 
 #[test]
 fn nbd_root_fixture_from_the_vm_unmounts_then_disconnects() {
+    let steps = steps_of("nbd-root");
+    let text = plan_text("nbd-root");
     let root = fixture("nbd-root");
-    let (code, text, _) = plan(&["--root", root.to_str().unwrap()]);
-    assert_eq!(code, 0, "{text}");
-    let steps: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.trim().split_once(". ").map(|(_, s)| s))
-        .collect();
-    let at = |s: &str| {
-        steps
-            .iter()
-            .position(|x| *x == s)
-            .unwrap_or_else(|| panic!("no step {s:?} in {steps:?}"))
-    };
+    let at = |s: &str| step_at(&steps, s);
     // The network stays until the root is gone; then the device, last of all.
     let unmount_root = at("unmount / (ext4 on /dev/nbd0)");
     let disconnect = at("disconnect network block device nbd0");
@@ -216,19 +207,10 @@ fn nbd_root_fixture_from_the_vm_unmounts_then_disconnects() {
 /// /run/md-bitmap (read from the fixture's /proc/mdstat).
 #[test]
 fn lvm_cache_thin_fixture_stops_the_array_before_unmounting_its_bitmap() {
+    let steps = steps_of("lvm-cache-thin");
     let root = fixture("lvm-cache-thin");
-    let (code, text, _) = plan(&["--root", root.to_str().unwrap()]);
-    assert_eq!(code, 0, "{text}");
-    let steps: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.trim().split_once(". ").map(|(_, s)| s))
-        .collect();
-    let at = |s: &str| {
-        steps
-            .iter()
-            .position(|x| x.starts_with(s))
-            .unwrap_or_else(|| panic!("no step {s:?} in {steps:?}"))
-    };
+    // Device numbers vary between captures: match the steps by their start.
+    let at = |s: &str| step_at(&steps, &format!("{s}…"));
     let unmount_root = at("unmount / (ext4 on /dev/mapper/vg0-root)");
     let thin = at("remove LVM volume vg0-root (");
     let tpool = at("remove LVM volume vg0-pool-tpool (");
@@ -248,19 +230,9 @@ fn lvm_cache_thin_fixture_stops_the_array_before_unmounting_its_bitmap() {
 
 #[test]
 fn zfs_luks_fixture_from_the_vm_unmounts_the_dataset_before_closing_the_pool_device() {
+    let steps = steps_of("zfs-luks");
     let root = fixture("zfs-luks");
-    let (code, text, _) = plan(&["--root", root.to_str().unwrap()]);
-    assert_eq!(code, 0, "{text}");
-    let steps: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.trim().split_once(". ").map(|(_, s)| s))
-        .collect();
-    let at = |s: &str| {
-        steps
-            .iter()
-            .position(|x| *x == s)
-            .unwrap_or_else(|| panic!("no step {s:?} in {steps:?}"))
-    };
+    let at = |s: &str| step_at(&steps, s);
     // A ZFS dataset is not block-backed (anonymous device 0:N, source "pool/dataset"):
     // it is unmounted like any file system, before the root it is mounted on. The pool's
     // LUKS device has no holder in sysfs (ZFS does not register one), so it is a leaf
