@@ -1331,7 +1331,11 @@ def run_scenario(s: Scenario, control: bool, capture: Path | None = None,
                         TIMEOUT_CHECK, nbd_of(s))
         STATS.append((f"{label}: check boot", cb.wall))
 
-    res = evaluate(s, control, label, rundir, tb, cb, token)
+    try:
+        res = evaluate(s, control, label, rundir, tb, cb, token)
+    except Exception as e:  # a harness bug fails this scenario, not the whole suite
+        res = Result(label, False, [], rundir, tb, cb,
+                     error=f"evaluating the logs failed: {type(e).__name__}: {e}")
     report(res, show_log)
     if not keep:
         for d in disks:
