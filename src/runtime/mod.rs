@@ -35,6 +35,8 @@ use worker::{bounded, Outcome};
 const OLDROOT: &str = "/oldroot";
 /// Kept for the final sync and reboot call when systemd's `--timeout` bounds the run.
 const FINAL_RESERVE: Duration = Duration::from_secs(5);
+/// How long an MD array may stay busy after the device above it was closed.
+const MD_SETTLE: Duration = Duration::from_secs(2);
 /// Where the payload lives after the pivot: the root of the exitrd tmpfs.
 const CONFIG_FILE: &str = "/exitrd.conf";
 const HOOKS_DIR: &str = "/hooks";
@@ -651,14 +653,31 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
             nix::mount::umount2(mount_point.as_str(), nix::mount::MntFlags::empty())
                 .map_err(io::Error::from)
         }),
-        // ENXIO: it went by itself meanwhile (deferred removal), which is what we wanted.
         Step::RemoveDm { name, device, .. } => {
+            let Some((major, minor)) = topo.devices.get(&device).map(|d| (d.major, d.minor)) else {
+                return Outcome::Gone;
+            };
+            // Devices under deferred removal go by themselves as their last user closes
+            // them, often between reading sysfs and getting here.
+            let sys_dev = Path::new("/sys/dev/block");
+            if sys_dev.is_dir() && !sys_dev.join(format!("{major}:{minor}")).exists() {
+                return Outcome::Gone;
+            }
+            // The planner names a device by its kernel name when sysfs gave no DM name
+            // (read while it was going): DM knows no such name, so ask by number.
+            let by_number = name == device;
             let path = node(&device).ok();
             bounded(timeout, move || {
                 if let Some(path) = &path {
                     flush_device(path);
                 }
-                match dm::remove(&name) {
+                let removed = if by_number {
+                    dm::remove_by_dev(major, minor)
+                } else {
+                    dm::remove(&name)
+                };
+                match removed {
+                    // It went by itself meanwhile, which is what we wanted.
                     Err(e) if devnode::errno(&e) == Some(nix::libc::ENXIO) => Ok(()),
                     other => other,
                 }
@@ -667,21 +686,7 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
         Step::StopMd { device, .. } => match node(&device) {
             Ok(path) => bounded(timeout, move || {
                 flush_device(&path);
-                // The holder just closed above it (a dm-crypt mapping, an LV) can keep the
-                // array open for a moment after its removal returned: seen as EBUSY on the
-                // exclusive open in 1 of 3 VM shutdowns. Give it up to 2 s.
-                let settle = Instant::now() + Duration::from_secs(2).min(timeout / 2);
-                loop {
-                    match md::stop_array(&path) {
-                        Err(e)
-                            if devnode::errno(&e) == Some(nix::libc::EBUSY)
-                                && Instant::now() < settle =>
-                        {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        other => return other,
-                    }
-                }
+                md::stop_array_settling(&path, MD_SETTLE.min(timeout / 2))
             }),
             Err(e) => Outcome::Failed(e),
         },
@@ -723,6 +728,14 @@ fn flush_device(path: &Path) {
 }
 
 fn log_outcome(step: &Step, outcome: &Outcome) {
+    if let Outcome::Gone = outcome {
+        let what = match step {
+            Step::RemoveDm { name, device, .. } if name != device => format!("{name} ({device})"),
+            other => other.closes_device().unwrap_or_default().to_string(),
+        };
+        say!("{what} is gone: removed by the kernel when its last user closed it");
+        return;
+    }
     let Outcome::Done = outcome else {
         say!("could not {}: {outcome}", step.describe());
         return;

@@ -94,7 +94,7 @@ pub fn run_passes(
             let outcome = ex.run(&step, &topo, left.min(limits.step_timeout));
             ex.report(&step, &outcome);
             match outcome {
-                Outcome::Done => {
+                Outcome::Done | Outcome::Gone => {
                     generation += 1;
                     progress.failed.remove(&key);
                     failed_in.remove(&key);

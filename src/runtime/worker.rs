@@ -28,13 +28,16 @@ pub fn in_worker() -> bool {
 #[derive(Debug)]
 pub enum Outcome {
     Done,
+    /// Nothing to do: what the step would close had already gone (a device-mapper
+    /// device under deferred removal goes by itself when its last user closes it).
+    Gone,
     Failed(io::Error),
     TimedOut,
 }
 
 impl Outcome {
     pub fn is_done(&self) -> bool {
-        matches!(self, Outcome::Done)
+        matches!(self, Outcome::Done | Outcome::Gone)
     }
 }
 
@@ -42,6 +45,7 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Outcome::Done => write!(f, "done"),
+            Outcome::Gone => write!(f, "already gone"),
             Outcome::Failed(e) => write!(f, "{e}"),
             Outcome::TimedOut => write!(f, "timed out (left running in the background)"),
         }

@@ -16,6 +16,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::stat::{self, Mode, SFlag};
@@ -151,13 +152,35 @@ pub fn with_context(err: io::Error, what: impl Into<String>) -> io::Error {
 }
 
 /// The OS error number behind `err`, looking through [`with_context`]
-/// wrappers. E.g. `errno(&e) == Some(libc::EBUSY)` for a device still open.
+/// wrappers. E.g. `errno(&e) == Some(nix::libc::EBUSY)` for a device still open.
 pub fn errno(err: &io::Error) -> Option<i32> {
     if let Some(code) = err.raw_os_error() {
         return Some(code);
     }
     let ctx = err.get_ref()?.downcast_ref::<Context>()?;
     errno(&ctx.source)
+}
+
+/// How often [`retry_for`] tries again.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Runs `attempt` until it succeeds, fails with an error that `again` does not accept,
+/// or `limit` has passed (it always runs at least once), sleeping [`RETRY_INTERVAL`]
+/// between attempts; returns the last result. For the kernel's short after-effects
+/// (an array still held for a moment after the device above it went, a disconnect not
+/// yet visible in sysfs), never for waiting on something that may not change.
+pub fn retry_for<T>(
+    limit: Duration,
+    mut attempt: impl FnMut() -> io::Result<T>,
+    again: impl Fn(&io::Error) -> bool,
+) -> io::Result<T> {
+    let until = Instant::now() + limit;
+    loop {
+        match attempt() {
+            Err(e) if again(&e) && Instant::now() < until => std::thread::sleep(RETRY_INTERVAL),
+            other => return other,
+        }
+    }
 }
 
 /// Converts a path to a C string for a system call, naming `what` in the
@@ -311,6 +334,67 @@ mod tests {
             println!("skipping: cannot mknod here (needs CAP_MKNOD)");
         }
         ok
+    }
+
+    #[test]
+    fn retry_for_retries_only_what_it_is_told_to() {
+        let busy = || io::Error::from_raw_os_error(nix::libc::EBUSY);
+        let is_busy = |e: &io::Error| errno(e) == Some(nix::libc::EBUSY);
+
+        // Busy twice, then free: three attempts, success.
+        let mut n = 0;
+        let r = retry_for(
+            Duration::from_secs(5),
+            || {
+                n += 1;
+                if n < 3 {
+                    Err(busy())
+                } else {
+                    Ok(n)
+                }
+            },
+            is_busy,
+        );
+        assert_eq!(r.unwrap(), 3);
+
+        // Another error: returned at once.
+        let mut n = 0;
+        let r: io::Result<()> = retry_for(
+            Duration::from_secs(5),
+            || {
+                n += 1;
+                Err(io::Error::from_raw_os_error(nix::libc::ENXIO))
+            },
+            is_busy,
+        );
+        assert_eq!(errno(&r.unwrap_err()), Some(nix::libc::ENXIO));
+        assert_eq!(n, 1);
+
+        // Busy for ever: gives up after the limit with the last error, having tried
+        // more than once; a zero limit means exactly one attempt.
+        let started = Instant::now();
+        let mut n = 0;
+        let r: io::Result<()> = retry_for(
+            Duration::from_millis(200),
+            || {
+                n += 1;
+                Err(busy())
+            },
+            is_busy,
+        );
+        assert_eq!(errno(&r.unwrap_err()), Some(nix::libc::EBUSY));
+        assert!(n >= 2, "{n} attempts");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let mut n = 0;
+        let _ = retry_for(
+            Duration::ZERO,
+            || -> io::Result<()> {
+                n += 1;
+                Err(busy())
+            },
+            is_busy,
+        );
+        assert_eq!(n, 1);
     }
 
     #[test]

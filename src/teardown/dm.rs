@@ -125,8 +125,8 @@ struct DmRequest {
 const _: () = assert!(size_of::<DmRequest>() == 4096);
 
 impl DmRequest {
-    /// A header-only request for device `name`.
-    fn new(name: &str) -> io::Result<Self> {
+    /// A header-only request naming no device yet.
+    fn header_only() -> Self {
         let mut req = DmRequest {
             hdr: DmIoctl::zeroed(),
             data: [0; DATA_CAPACITY],
@@ -134,6 +134,12 @@ impl DmRequest {
         req.hdr.version = DM_VERSION;
         req.hdr.data_size = HEADER_SIZE;
         req.hdr.data_start = HEADER_SIZE;
+        req
+    }
+
+    /// A header-only request for device `name`.
+    fn new(name: &str) -> io::Result<Self> {
+        let mut req = DmRequest::header_only();
         let bytes = name.as_bytes();
         if bytes.is_empty() || bytes.contains(&0) {
             return Err(io::Error::new(
@@ -153,6 +159,14 @@ impl DmRequest {
         }
         req.hdr.name[..bytes.len()].copy_from_slice(bytes);
         Ok(req)
+    }
+
+    /// A header-only request for the device numbered `major:minor`: no name and no
+    /// uuid, so the kernel looks the device up by `dev`.
+    fn for_dev(major: u32, minor: u32) -> Self {
+        let mut req = DmRequest::header_only();
+        req.hdr.dev = encode_dev(major, minor);
+        req
     }
 
     /// A `DM_TARGET_MSG` request: `struct dm_target_msg { sector, message }`
@@ -200,6 +214,13 @@ fn decode_dev(dev: u64) -> (u32, u32) {
     let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
     // Both are masked to at most 20 bits above.
     (major as u32, minor as u32)
+}
+
+/// The kernel's 64-bit device number encoding (`huge_encode_dev`), the inverse of
+/// [`decode_dev`].
+fn encode_dev(major: u32, minor: u32) -> u64 {
+    let (major, minor) = (u64::from(major), u64::from(minor));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
 }
 
 /// Opens `/dev/mapper/control`, creating the directory and the character
@@ -270,6 +291,17 @@ pub fn remove(name: &str) -> io::Result<()> {
         DM_DEV_REMOVE,
         &mut req,
         &format!("device-mapper: removing '{name}'"),
+    )
+}
+
+/// Removes the device-mapper device numbered `major:minor` (`DM_DEV_REMOVE` looked up
+/// by device number), for a device whose name could not be read. Errors as [`remove`].
+pub fn remove_by_dev(major: u32, minor: u32) -> io::Result<()> {
+    let mut req = DmRequest::for_dev(major, minor);
+    call(
+        DM_DEV_REMOVE,
+        &mut req,
+        &format!("device-mapper: removing device {major}:{minor}"),
     )
 }
 
@@ -488,7 +520,19 @@ mod tests {
         ] {
             let dev = stat::makedev(u64::from(major), u64::from(minor));
             assert_eq!(decode_dev(dev), (major, minor), "{major}:{minor}");
+            assert_eq!(encode_dev(major, minor), dev, "{major}:{minor}");
         }
+    }
+
+    #[test]
+    fn request_by_device_number() {
+        let req = DmRequest::for_dev(253, 7);
+        assert_eq!(req.hdr.version, [4, 0, 0]);
+        assert_eq!(req.hdr.data_size, 312);
+        // Name and uuid empty: the kernel's lookup falls through to `dev`.
+        assert!(req.hdr.name.iter().all(|&b| b == 0));
+        assert!(req.hdr.uuid.iter().all(|&b| b == 0));
+        assert_eq!(decode_dev(req.hdr.dev), (253, 7));
     }
 
     #[test]

@@ -5,12 +5,13 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::ioctl::ioctl_num_type;
 
-use super::devnode::with_context;
+use super::devnode::{errno, retry_for, with_context};
 
 /// `MD_MAJOR` from `<linux/major.h>`: the ioctl type of MD.
 const MD_MAJOR: u8 = 9;
@@ -45,9 +46,20 @@ pub fn stop_array(node: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// [`stop_array`], retried for up to `settle` while the array is busy: the device just
+/// closed above it (a dm-crypt mapping, an LV) can keep it open for a moment after its
+/// removal returned (seen as `EBUSY` on the exclusive open in 1 of 3 VM shutdowns).
+pub fn stop_array_settling(node: &Path, settle: Duration) -> io::Result<()> {
+    retry_for(
+        settle,
+        || stop_array(node),
+        |e| errno(e) == Some(libc::EBUSY),
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::devnode::{abi_probe, errno};
+    use super::super::devnode::abi_probe;
     use super::*;
 
     #[test]

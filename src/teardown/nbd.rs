@@ -12,13 +12,13 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::ioctl::ioctl_num_type;
 
-use super::devnode::with_context;
+use super::devnode::{retry_for, with_context};
 
 /// `_IO(0xab, 8)` and `_IO(0xab, 4)` in `<linux/nbd.h>`.
 const NBD_IOCTL: u8 = 0xab;
@@ -66,16 +66,16 @@ pub fn disconnect(node: &Path, name: &str, settle: Duration) -> io::Result<()> {
     }
     drop(file);
     let sys = Path::new("/sys/class/block");
-    let started = Instant::now();
-    while connected(sys, name) {
-        if started.elapsed() >= settle {
-            return Err(io::Error::other(
+    retry_for(
+        settle,
+        || match connected(sys, name) {
+            true => Err(io::Error::other(
                 "disconnect sent, but the device still has its size (a user holds it open)",
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+            )),
+            false => Ok(()),
+        },
+        |_| true,
+    )
 }
 
 #[cfg(test)]

@@ -144,6 +144,11 @@ impl Executor for Fake {
                 self.clock += self.step_cost;
                 Outcome::Failed(io::Error::from_raw_os_error(nix::libc::EBUSY))
             }
+            Some("gone") => {
+                // Went by itself (deferred removal) before the step ran.
+                self.apply(step);
+                Outcome::Gone
+            }
             Some("slow") => {
                 // Takes longer than allowed: the worker is abandoned at the timeout.
                 self.clock += timeout;
@@ -182,17 +187,23 @@ fn all(_: &Step) -> bool {
     true
 }
 
+/// One shutdown's worth of passes over `fake`, with `which` selecting the steps.
+fn run(fake: &mut Fake, which: &dyn Fn(&Step) -> bool, deadline_s: u64) -> Progress {
+    let mut p = Progress::default();
+    run_passes(
+        fake,
+        which,
+        &PlanOptions::shutdown(),
+        limits(deadline_s),
+        &mut p,
+    );
+    p
+}
+
 #[test]
 fn clean_run_takes_everything_down_in_one_pass() {
     let mut fake = Fake::lvm_luks_md();
-    let mut p = Progress::default();
-    run_passes(
-        &mut fake,
-        &all,
-        &PlanOptions::shutdown(),
-        limits(60),
-        &mut p,
-    );
+    let p = run(&mut fake, &all, 60);
     let done: Vec<String> = p.done.iter().map(|s| s.describe()).collect();
     assert_eq!(
         done,
@@ -210,19 +221,28 @@ fn clean_run_takes_everything_down_in_one_pass() {
 }
 
 #[test]
+fn a_device_that_went_by_itself_counts_as_closed() {
+    let lv = "remove LVM volume vg0-root (dm-1)";
+    let mut fake = Fake::lvm_luks_md().script(lv, &["gone"]);
+    let p = run(&mut fake, &all, 60);
+    assert!(
+        fake.log.contains(&format!("{lv} -> already gone")),
+        "{:?}",
+        fake.log
+    );
+    assert!(p.done.iter().any(|s| s.describe() == lv));
+    assert_eq!(p.done.len(), 6);
+    assert!(p.failed.is_empty(), "{:?}", p.failed);
+    assert_eq!(fake.attempts[lv], 1);
+}
+
+#[test]
 fn a_failed_step_is_retried_only_after_something_else_changed() {
     // The root is busy once (a process still exiting), everything else works: the root
     // is retried in the second pass because dev/pts and dev went in the first.
     let mut fake =
         Fake::lvm_luks_md().script("unmount /oldroot (ext4 on /dev/mapper/vg0-root)", &["busy"]);
-    let mut p = Progress::default();
-    run_passes(
-        &mut fake,
-        &all,
-        &PlanOptions::shutdown(),
-        limits(60),
-        &mut p,
-    );
+    let p = run(&mut fake, &all, 60);
     assert_eq!(
         fake.attempts["unmount /oldroot (ext4 on /dev/mapper/vg0-root)"],
         2
@@ -235,14 +255,7 @@ fn a_failed_step_is_retried_only_after_something_else_changed() {
 fn a_step_that_keeps_failing_without_change_is_not_repeated() {
     let root = "unmount /oldroot (ext4 on /dev/mapper/vg0-root)";
     let mut fake = Fake::lvm_luks_md().script(root, &["busy"; 20]);
-    let mut p = Progress::default();
-    run_passes(
-        &mut fake,
-        &all,
-        &PlanOptions::shutdown(),
-        limits(60),
-        &mut p,
-    );
+    let p = run(&mut fake, &all, 60);
     // First pass: fails after dev/pts and dev succeeded (generation 2). The second pass
     // tries it once more (the system changed), then nothing changes: stop.
     assert_eq!(fake.attempts[root], 2);
@@ -256,14 +269,7 @@ fn a_step_that_keeps_failing_without_change_is_not_repeated() {
 fn a_hanging_step_is_abandoned_and_the_rest_goes_on() {
     let lv = "remove LVM volume vg0-root (dm-1)";
     let mut fake = Fake::lvm_luks_md().script(lv, &["hang"; 20]);
-    let mut p = Progress::default();
-    run_passes(
-        &mut fake,
-        &all,
-        &PlanOptions::shutdown(),
-        limits(60),
-        &mut p,
-    );
+    let p = run(&mut fake, &all, 60);
     assert_eq!(
         fake.attempts[lv], 1,
         "a timed-out step is never tried again"
@@ -282,14 +288,7 @@ fn the_deadline_caps_each_step_and_the_run() {
         .script("unmount /oldroot/dev/pts (devpts on devpts)", &["slow"])
         .script("unmount /oldroot/dev (devtmpfs on udev)", &["slow"])
         .script("unmount /oldroot (ext4 on /dev/mapper/vg0-root)", &["slow"]);
-    let mut p = Progress::default();
-    run_passes(
-        &mut fake,
-        &all,
-        &PlanOptions::shutdown(),
-        limits(15),
-        &mut p,
-    );
+    let p = run(&mut fake, &all, 15);
     assert_eq!(fake.clock, Duration::from_secs(15));
     assert!(p.out_of_time);
     assert_eq!(p.abandoned.len(), 2);
@@ -298,15 +297,8 @@ fn the_deadline_caps_each_step_and_the_run() {
 #[test]
 fn a_filter_runs_only_the_selected_steps() {
     let mut fake = Fake::lvm_luks_md();
-    let mut p = Progress::default();
     let unmounts_only = |s: &Step| s.closes_device().is_none();
-    run_passes(
-        &mut fake,
-        &unmounts_only,
-        &PlanOptions::shutdown(),
-        limits(60),
-        &mut p,
-    );
+    let p = run(&mut fake, &unmounts_only, 60);
     assert_eq!(p.done.len(), 3);
     assert_eq!(fake.topo.devices.len(), 4);
 }
