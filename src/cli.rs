@@ -148,7 +148,11 @@ pub fn plan_command(root: &PathBuf, json: bool, exitrd_view: bool) -> i32 {
         println!("  (no mounted block devices)");
     }
     for s in &storage {
-        println!("  {} ({})", s.used_as, s.fstype);
+        if s.used_as == plan::NOT_MOUNTED {
+            println!("  {} (closed too)", s.used_as);
+        } else {
+            println!("  {} ({})", s.used_as, s.fstype);
+        }
         print_tree(&s.tree, "    ", true, false);
     }
     println!();

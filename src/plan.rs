@@ -18,7 +18,7 @@ use crate::topology::block::{BlockDev, DevKind, DmKind};
 use crate::topology::Topology;
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 /// File systems that are kernel interfaces or memory, shown only at shutdown where all of
 /// `/oldroot` has to go; on a live system they would bury the storage stack in noise.
@@ -599,11 +599,17 @@ pub struct DeviceTree {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StorageRoot {
-    /// A mount point, or `swap` for a swap device.
+    /// A mount point, `swap` for a swap device, or [`NOT_MOUNTED`] for a device the
+    /// shutdown closes that no mount or swap area in scope is built on.
     pub used_as: String,
+    /// The file system type; empty for [`NOT_MOUNTED`].
     pub fstype: String,
     pub tree: DeviceTree,
 }
+
+/// [`StorageRoot::used_as`] of closable devices that nothing in scope is built on (the
+/// disks of a ZFS pool, which registers no holders in sysfs; a mapping opened by hand).
+pub const NOT_MOUNTED: &str = "not mounted";
 
 fn device_tree(topo: &Topology, d: &BlockDev, depth: usize) -> DeviceTree {
     let mut below: Vec<&BlockDev> = d
@@ -656,7 +662,79 @@ pub fn storage_roots(topo: &Topology, opts: &PlanOptions) -> Vec<StorageRoot> {
             tree: device_tree(topo, d, 0),
         })
     }));
+    // A ZFS dataset has no block device: its pool is the node, and the pool's disks
+    // (unknown to sysfs) show among the devices below.
+    roots.extend(
+        mounts_in_scope(topo, opts)
+            .into_iter()
+            .map(|i| &topo.mounts[i])
+            .filter(|m| m.fstype == "zfs")
+            .map(|m| {
+                let pool = m.source.split('/').next().unwrap_or_default().to_string();
+                StorageRoot {
+                    used_as: m.mount_point.clone(),
+                    fstype: m.fstype.clone(),
+                    tree: DeviceTree {
+                        device: pool.clone(),
+                        name: pool,
+                        what: "ZFS pool (exported by the zfs-export hook after the unmounts; \
+                               sysfs does not show its disks)"
+                            .into(),
+                        built_on: Vec::new(),
+                    },
+                }
+            }),
+    );
+    // What the shutdown closes beyond the trees above: the tops of the other stacks.
+    let mut shown = BTreeSet::new();
+    for r in &roots {
+        collect_devices(&r.tree, &mut shown);
+    }
+    let unclaimed: Vec<&BlockDev> = plan(topo, opts)
+        .steps
+        .iter()
+        .filter_map(|s| s.closes_device())
+        .filter_map(|d| topo.devices.get(d))
+        .filter(|d| !shown.contains(&d.name))
+        .filter(|d| {
+            !d.holders
+                .iter()
+                .any(|h| topo.devices.get(h).is_some_and(|h| h.is_closable()))
+        })
+        .collect();
+    roots.extend(unclaimed.into_iter().map(|d| StorageRoot {
+        used_as: NOT_MOUNTED.into(),
+        fstype: String::new(),
+        tree: cut_at(device_tree(topo, d, 0), &shown),
+    }));
     roots
+}
+
+/// `t` with every part already shown in another tree cut to one line saying so.
+fn cut_at(mut t: DeviceTree, shown: &BTreeSet<String>) -> DeviceTree {
+    t.built_on = t
+        .built_on
+        .into_iter()
+        .map(|c| {
+            if shown.contains(&c.device) {
+                DeviceTree {
+                    what: format!("{} (shown above)", c.what),
+                    built_on: Vec::new(),
+                    ..c
+                }
+            } else {
+                cut_at(c, shown)
+            }
+        })
+        .collect();
+    t
+}
+
+fn collect_devices(t: &DeviceTree, into: &mut BTreeSet<String>) {
+    into.insert(t.device.clone());
+    for c in &t.built_on {
+        collect_devices(c, into);
+    }
 }
 
 #[cfg(test)]

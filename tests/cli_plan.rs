@@ -268,3 +268,59 @@ fn zfs_luks_fixture_from_the_vm_unmounts_the_dataset_before_closing_the_pool_dev
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(status.contains("zpool (ZFS is mounted)"), "{status}");
 }
+
+/// The `storage` array of `exitrd plan --root tests/fixtures/NAME --json`.
+fn storage_of(name: &str) -> Vec<serde_json::Value> {
+    let root = fixture(name);
+    let (code, json, _) = plan(&["--root", root.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{json}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    doc["storage"].as_array().unwrap().clone()
+}
+
+fn not_mounted(storage: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    storage
+        .iter()
+        .filter(|s| s["used_as"] == "not mounted")
+        .collect()
+}
+
+#[test]
+fn storage_tree_shows_zfs_pools_and_the_devices_no_mount_is_built_on() {
+    // ZFS: the dataset's pool is its node; the pool's LUKS device (no holder in sysfs)
+    // is shown as closed too, with the disk under it.
+    let storage = storage_of("zfs-luks");
+    let tank = storage
+        .iter()
+        .find(|s| s["used_as"] == "/srv/tank")
+        .unwrap();
+    assert_eq!(tank["fstype"], "zfs");
+    assert_eq!(tank["tree"]["name"], "tank");
+    assert!(tank["tree"]["what"].as_str().unwrap().contains("ZFS pool"));
+    let others = not_mounted(&storage);
+    assert_eq!(others.len(), 1, "{storage:#?}");
+    assert_eq!(others[0]["tree"]["name"], "tank_crypt");
+    assert_eq!(others[0]["tree"]["built_on"][0]["device"], "vdb");
+    let text = plan_text("zfs-luks");
+    assert!(text.contains("  not mounted (closed too)\n    └─ tank_crypt (dm-0): dm-crypt LUKS2\n       └─ vdb: disk\n"), "{text}");
+
+    // Thin: the pool's own LV is closed too but under no mount; what it shares with the
+    // root's tree is not drawn twice.
+    let storage = storage_of("lvm-cache-thin");
+    let others = not_mounted(&storage);
+    assert_eq!(others.len(), 1, "{storage:#?}");
+    assert_eq!(others[0]["tree"]["name"], "vg0-pool");
+    let below = &others[0]["tree"]["built_on"];
+    assert_eq!(below[0]["name"], "vg0-pool-tpool");
+    assert!(below[0]["what"]
+        .as_str()
+        .unwrap()
+        .ends_with("(shown above)"));
+    assert!(below[0]["built_on"].as_array().unwrap().is_empty());
+
+    // A stack fully under the root adds nothing.
+    for name in ["lvm-luks-md", "live", "nbd-root"] {
+        let storage = storage_of(name);
+        assert!(not_mounted(&storage).is_empty(), "{name}: {storage:#?}");
+    }
+}
