@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod common;
+
 const COMPRESSIONS: [(&str, Compression); 4] = [
     ("gzip", Compression::Gzip),
     ("zstd", Compression::Zstd),
@@ -139,14 +141,6 @@ fn extracts_the_payload_from_real_images_of_every_compression() {
     );
 }
 
-fn mounts_at(path: &Path) -> Vec<String> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
-        .map(str::to_string)
-        .collect()
-}
-
 /// The whole command, as an admin runs it: a dedicated exec tmpfs with the image's
 /// payload, and no scratch directory left behind. Needs root (mounts).
 #[test]
@@ -160,23 +154,7 @@ fn prepare_from_a_real_image_mounts_the_payload() {
     let base = scratch("prepare");
     let run = base.join("run");
     let target = run.join("initramfs");
-    fs::create_dir_all(&run).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &run,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    nix::mount::mount(
-        None::<&str>,
-        &run,
-        None::<&str>,
-        nix::mount::MsFlags::MS_SHARED,
-        None::<&str>,
-    )
-    .unwrap();
+    common::shared_tmpfs(&run);
     let image = dir.join("initrd.img-zstd");
     let out = Command::new(env!("CARGO_BIN_EXE_exitrd"))
         .args(["prepare", "--from"])
@@ -186,7 +164,7 @@ fn prepare_from_a_real_image_mounts_the_payload() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let mounted = mounts_at(&target);
+    let mounted = common::mounts_at(&target);
     let shutdown = fs::metadata(target.join("shutdown"));
     let leftovers: Vec<_> = fs::read_dir(&run)
         .unwrap()

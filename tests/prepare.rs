@@ -5,13 +5,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-fn mounts_at(path: &Path) -> Vec<String> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
-        .map(str::to_string)
-        .collect()
-}
+mod common;
 
 #[test]
 fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() {
@@ -24,25 +18,7 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
     let run = base.join("run");
     let target = run.join("initramfs");
     fs::create_dir_all(&payload).unwrap();
-    // Like /run under systemd: a tmpfs with shared propagation (MS_MOVE out of a shared
-    // parent is refused, which once broke prepare on booted systems).
-    fs::create_dir_all(&run).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &run,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    nix::mount::mount(
-        None::<&str>,
-        &run,
-        None::<&str>,
-        nix::mount::MsFlags::MS_SHARED,
-        None::<&str>,
-    )
-    .unwrap();
+    common::shared_tmpfs(&run);
     fs::create_dir_all(&target).unwrap();
     fs::copy(env!("CARGO_BIN_EXE_exitrd"), payload.join("exitrd")).unwrap();
     symlink("exitrd", payload.join("shutdown")).unwrap();
@@ -63,7 +39,7 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m = mounts_at(&target);
+    let m = common::mounts_at(&target);
     assert_eq!(m.len(), 1, "{m:?}");
     let line = &m[0];
     assert!(line.contains(" - tmpfs exitrd "), "{line}");
@@ -97,7 +73,7 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("refreshed"));
-    assert_eq!(mounts_at(&target).len(), 1);
+    assert_eq!(common::mounts_at(&target).len(), 1);
     assert_eq!(fs::read_to_string(target.join("fsck.log")).unwrap(), "kept");
 
     // Nothing of the staging is left behind.
@@ -106,7 +82,7 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(leftovers, vec![std::ffi::OsString::from("initramfs")]);
-    assert!(mounts_at(&run.join(".initramfs.exitrd-stage")).is_empty());
+    assert!(common::mounts_at(&run.join(".initramfs.exitrd-stage")).is_empty());
 
     nix::mount::umount2(&run, nix::mount::MntFlags::MNT_DETACH).unwrap();
     fs::remove_dir_all(&base).unwrap();
