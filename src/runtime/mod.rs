@@ -309,7 +309,20 @@ impl Executor for Real<'_> {
     }
 
     fn report(&mut self, step: &Step, outcome: &Outcome) {
-        log_outcome(step, outcome);
+        if let (Outcome::Gone, Some(device)) = (outcome, step.closes_device()) {
+            // Its name may have left sysfs with it: say the one it had at the start.
+            let display = self
+                .shutdown
+                .initial_devices
+                .iter()
+                .find(|(n, _)| n == device)
+                .map_or(device, |(_, d)| d.as_str());
+            say!(
+                "{display} ({device}) is gone: removed by the kernel when its last user closed it"
+            );
+        } else {
+            log_outcome(step, outcome);
+        }
         if !outcome.is_done() {
             name_blockers(step);
         }
@@ -667,21 +680,21 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
             // (read while it was going): DM knows no such name, so ask by number.
             let by_number = name == device;
             let path = node(&device).ok();
-            bounded(timeout, move || {
+            let outcome = bounded(timeout, move || {
                 if let Some(path) = &path {
                     flush_device(path);
                 }
-                let removed = if by_number {
+                if by_number {
                     dm::remove_by_dev(major, minor)
                 } else {
                     dm::remove(&name)
-                };
-                match removed {
-                    // It went by itself meanwhile, which is what we wanted.
-                    Err(e) if devnode::errno(&e) == Some(nix::libc::ENXIO) => Ok(()),
-                    other => other,
                 }
-            })
+            });
+            match outcome {
+                // It went by itself meanwhile (the kernel refuses a device it is deleting).
+                Outcome::Failed(e) if worker::errno(&e) == Some(nix::libc::ENXIO) => Outcome::Gone,
+                other => other,
+            }
         }
         Step::StopMd { device, .. } => match node(&device) {
             Ok(path) => bounded(timeout, move || {
@@ -729,11 +742,7 @@ fn flush_device(path: &Path) {
 
 fn log_outcome(step: &Step, outcome: &Outcome) {
     if let Outcome::Gone = outcome {
-        let what = match step {
-            Step::RemoveDm { name, device, .. } if name != device => format!("{name} ({device})"),
-            other => other.closes_device().unwrap_or_default().to_string(),
-        };
-        say!("{what} is gone: removed by the kernel when its last user closed it");
+        say!("did not need to {}: already gone", step.describe());
         return;
     }
     let Outcome::Done = outcome else {

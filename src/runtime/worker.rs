@@ -71,9 +71,7 @@ pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outco
                 Ok(()) => 0,
                 Err(e) => {
                     let _ = write(&writer, e.to_string().as_bytes());
-                    e.raw_os_error()
-                        .filter(|c| (1..255).contains(c))
-                        .unwrap_or(255)
+                    errno(&e).filter(|c| (1..255).contains(c)).unwrap_or(255)
                 }
             };
             // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
@@ -90,7 +88,8 @@ pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outco
                     if text.is_empty() {
                         Outcome::Failed(e)
                     } else {
-                        Outcome::Failed(io::Error::new(e.kind(), text))
+                        let errno = e.raw_os_error();
+                        Outcome::Failed(io::Error::new(e.kind(), WorkerError { text, errno }))
                     }
                 }
                 other => other,
@@ -98,6 +97,32 @@ pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outco
         }
         Err(_) => inline(op),
     }
+}
+
+/// A worker's error as the parent sees it: the child's message, and the errno it exited
+/// with, so callers can still tell `EBUSY` from `ENXIO` (see [`errno`]).
+#[derive(Debug)]
+struct WorkerError {
+    text: String,
+    errno: Option<i32>,
+}
+
+impl std::fmt::Display for WorkerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for WorkerError {}
+
+/// The OS error number behind an error of `bounded`'s operation, whether it ran in a
+/// worker or inline.
+pub fn errno(e: &io::Error) -> Option<i32> {
+    crate::teardown::devnode::errno(e).or_else(|| {
+        e.get_ref()?
+            .downcast_ref::<WorkerError>()
+            .and_then(|w| w.errno)
+    })
 }
 
 fn inline<F: FnOnce() -> io::Result<()>>(op: F) -> Outcome {
@@ -160,7 +185,26 @@ mod tests {
         match bounded(Duration::from_secs(5), || {
             Err(io::Error::from_raw_os_error(nix::libc::EBUSY))
         }) {
-            Outcome::Failed(e) => assert!(e.to_string().contains("busy"), "{e}"),
+            Outcome::Failed(e) => {
+                assert!(e.to_string().contains("busy"), "{e}");
+                assert_eq!(errno(&e), Some(nix::libc::EBUSY));
+            }
+            other => panic!("expected failure, got {other}"),
+        }
+        // The child's message comes back whole, and its errno stays reachable.
+        match bounded(Duration::from_secs(5), || {
+            Err(crate::teardown::devnode::with_context(
+                io::Error::from_raw_os_error(nix::libc::ENXIO),
+                "device-mapper: removing 'x'",
+            ))
+        }) {
+            Outcome::Failed(e) => {
+                assert!(
+                    e.to_string().starts_with("device-mapper: removing 'x': "),
+                    "{e}"
+                );
+                assert_eq!(errno(&e), Some(nix::libc::ENXIO));
+            }
             other => panic!("expected failure, got {other}"),
         }
         let start = Instant::now();
