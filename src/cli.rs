@@ -124,7 +124,7 @@ pub fn plan_command(root: &PathBuf, json: bool, exitrd_view: bool) -> i32 {
         PlanOptions::live()
     };
     let p = plan::plan(&topo, &opts);
-    let storage = plan::storage_roots(&topo, &opts);
+    let storage = plan::storage_roots(&topo, &opts, &p);
     if json {
         let doc = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),

@@ -640,10 +640,16 @@ fn device_tree(topo: &Topology, d: &BlockDev, depth: usize) -> DeviceTree {
 }
 
 /// The storage beneath every mounted block file system and swap device in scope.
-pub fn storage_roots(topo: &Topology, opts: &PlanOptions) -> Vec<StorageRoot> {
-    let mut roots: Vec<StorageRoot> = mounts_in_scope(topo, opts)
+///
+/// `plan` is `plan(topo, opts)`, already made by the caller: its steps say which devices
+/// the shutdown closes.
+pub fn storage_roots(topo: &Topology, opts: &PlanOptions, plan: &Plan) -> Vec<StorageRoot> {
+    let in_scope: Vec<_> = mounts_in_scope(topo, opts)
         .into_iter()
         .map(|i| &topo.mounts[i])
+        .collect();
+    let mut roots: Vec<StorageRoot> = in_scope
+        .iter()
         .filter(|m| m.is_block_backed())
         .filter_map(|m| {
             let d = topo.device_by_number(m.major, m.minor)?;
@@ -664,33 +670,27 @@ pub fn storage_roots(topo: &Topology, opts: &PlanOptions) -> Vec<StorageRoot> {
     }));
     // A ZFS dataset has no block device: its pool is the node, and the pool's disks
     // (unknown to sysfs) show among the devices below.
-    roots.extend(
-        mounts_in_scope(topo, opts)
-            .into_iter()
-            .map(|i| &topo.mounts[i])
-            .filter(|m| m.fstype == "zfs")
-            .map(|m| {
-                let pool = m.source.split('/').next().unwrap_or_default().to_string();
-                StorageRoot {
-                    used_as: m.mount_point.clone(),
-                    fstype: m.fstype.clone(),
-                    tree: DeviceTree {
-                        device: pool.clone(),
-                        name: pool,
-                        what: "ZFS pool (exported by the zfs-export hook after the unmounts; \
+    roots.extend(in_scope.iter().filter(|m| m.fstype == "zfs").map(|m| {
+        let pool = m.source.split('/').next().unwrap_or_default().to_string();
+        StorageRoot {
+            used_as: m.mount_point.clone(),
+            fstype: m.fstype.clone(),
+            tree: DeviceTree {
+                device: pool.clone(),
+                name: pool,
+                what: "ZFS pool (exported by the zfs-export hook after the unmounts; \
                                sysfs does not show its disks)"
-                            .into(),
-                        built_on: Vec::new(),
-                    },
-                }
-            }),
-    );
+                    .into(),
+                built_on: Vec::new(),
+            },
+        }
+    }));
     // What the shutdown closes beyond the trees above: the tops of the other stacks.
     let mut shown = BTreeSet::new();
     for r in &roots {
         collect_devices(&r.tree, &mut shown);
     }
-    let unclaimed: Vec<&BlockDev> = plan(topo, opts)
+    let unclaimed: Vec<&BlockDev> = plan
         .steps
         .iter()
         .filter_map(|s| s.closes_device())

@@ -232,7 +232,8 @@ fn a_cycle_is_reported_and_the_plan_stays_complete() {
 #[test]
 fn storage_tree_walks_down_to_the_disks() {
     let topo = lvm_luks_md(LIVE_MOUNTINFO);
-    let roots = storage_roots(&topo, &PlanOptions::live());
+    let opts = PlanOptions::live();
+    let roots = storage_roots(&topo, &opts, &plan(&topo, &opts));
     assert_eq!(roots[0].used_as, "/");
     let t = &roots[0].tree;
     assert_eq!(

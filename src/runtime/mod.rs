@@ -309,6 +309,7 @@ impl Executor for Real<'_> {
     }
 
     fn report(&mut self, step: &Step, outcome: &Outcome) {
+        // Only a step that closes a device can find it gone.
         if let (Outcome::Gone, Some(device)) = (outcome, step.closes_device()) {
             // Its name may have left sysfs with it: say the one it had at the start.
             let display = self
@@ -740,11 +741,8 @@ fn flush_device(path: &Path) {
     }
 }
 
+/// Logs a step's outcome; `Gone` is said by the caller, which knows the device's name.
 fn log_outcome(step: &Step, outcome: &Outcome) {
-    if let Outcome::Gone = outcome {
-        say!("did not need to {}: already gone", step.describe());
-        return;
-    }
     let Outcome::Done = outcome else {
         say!("could not {}: {outcome}", step.describe());
         return;

@@ -68,11 +68,14 @@ pub fn disconnect(node: &Path, name: &str, settle: Duration) -> io::Result<()> {
     let sys = Path::new("/sys/class/block");
     retry_for(
         settle,
-        || match connected(sys, name) {
-            true => Err(io::Error::other(
-                "disconnect sent, but the device still has its size (a user holds it open)",
-            )),
-            false => Ok(()),
+        || {
+            if connected(sys, name) {
+                Err(io::Error::other(
+                    "disconnect sent, but the device still has its size (a user holds it open)",
+                ))
+            } else {
+                Ok(())
+            }
         },
         |_| true,
     )
