@@ -12,6 +12,17 @@ use std::time::Instant;
 
 mod common;
 
+/// `exitrd prepare --from IMAGE --target TARGET`.
+fn prepare_from(image: &Path, target: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_exitrd"))
+        .args(["prepare", "--from"])
+        .arg(image)
+        .arg("--target")
+        .arg(target)
+        .output()
+        .unwrap()
+}
+
 const COMPRESSIONS: [(&str, Compression); 4] = [
     ("gzip", Compression::Gzip),
     ("zstd", Compression::Zstd),
@@ -156,13 +167,7 @@ fn prepare_from_a_real_image_mounts_the_payload() {
     let target = run.join("initramfs");
     common::shared_tmpfs(&run);
     let image = dir.join("initrd.img-zstd");
-    let out = Command::new(env!("CARGO_BIN_EXE_exitrd"))
-        .args(["prepare", "--from"])
-        .arg(&image)
-        .arg("--target")
-        .arg(&target)
-        .output()
-        .unwrap();
+    let out = prepare_from(&image, &target);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let mounted = common::mounts_at(&target);
     let shutdown = fs::metadata(target.join("shutdown"));
@@ -231,13 +236,7 @@ fn an_image_without_the_payload_says_how_to_fix_it() {
     let image = base.join("initrd.img-6.1.0-test-amd64");
     fs::write(&image, &cpio).unwrap();
     let target = base.join("run/initramfs");
-    let out = Command::new(env!("CARGO_BIN_EXE_exitrd"))
-        .args(["prepare", "--from"])
-        .arg(&image)
-        .arg("--target")
-        .arg(&target)
-        .output()
-        .unwrap();
+    let out = prepare_from(&image, &target);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("holds no exitrd payload"), "{stderr}");
