@@ -1,7 +1,8 @@
 //! `exitrd prepare --from IMAGE` on real initramfs-tools images, one per compression,
-//! built by mkinitramfs with our hook (tests/initrd/make-images). Set
-//! EXITRD_TEST_INITRD_DIR to the directory that script filled; without it the tests that
-//! need images say so and pass.
+//! built by mkinitramfs with our hook (tests/initrd/make-images). The tests that need
+//! images are `#[ignore]`d: `sh scripts/test` runs them with `--include-ignored` and
+//! EXITRD_TEST_INITRD_DIR set to the directory that script filled; run without it, they
+//! fail saying so.
 
 use exitrd::initrd::{self, Compression};
 use std::fs;
@@ -30,13 +31,14 @@ const COMPRESSIONS: [(&str, Compression); 4] = [
     ("lz4", Compression::Lz4Legacy),
 ];
 
-fn images_dir() -> Option<PathBuf> {
+/// The directory of real images; the test fails when it is not given.
+fn images_dir() -> PathBuf {
     match std::env::var_os("EXITRD_TEST_INITRD_DIR") {
-        Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
-        _ => {
-            println!("skipped: set EXITRD_TEST_INITRD_DIR (see tests/initrd/make-images)");
-            None
-        }
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => panic!(
+            "this test needs real initramfs images: set EXITRD_TEST_INITRD_DIR to a directory \
+             filled by tests/initrd/make-images (sh scripts/test does)"
+        ),
     }
 }
 
@@ -82,8 +84,9 @@ fn cpu_ns() -> u64 {
 }
 
 #[test]
+#[ignore = "needs real images: EXITRD_TEST_INITRD_DIR from tests/initrd/make-images"]
 fn extracts_the_payload_from_real_images_of_every_compression() {
-    let Some(dir) = images_dir() else { return };
+    let dir = images_dir();
     let mut figures = Vec::new();
     for (name, compression) in COMPRESSIONS {
         let image = dir.join(format!("initrd.img-{name}"));
@@ -155,13 +158,10 @@ fn extracts_the_payload_from_real_images_of_every_compression() {
 /// The whole command, as an admin runs it: a dedicated exec tmpfs with the image's
 /// payload, and no scratch directory left behind. Needs root (mounts).
 #[test]
+#[ignore = "needs root (mounts a tmpfs) and real images: EXITRD_TEST_INITRD_DIR"]
 fn prepare_from_a_real_image_mounts_the_payload() {
-    let Some(dir) = images_dir() else { return };
-    assert_eq!(
-        fs::metadata("/proc/self").unwrap().uid(),
-        0,
-        "this test mounts a tmpfs: run it as root"
-    );
+    let dir = images_dir();
+    common::require_root("this test mounts a tmpfs");
     let base = scratch("prepare");
     let run = base.join("run");
     let target = run.join("initramfs");

@@ -1,4 +1,5 @@
-//! `exitrd prepare` for real: mounts a tmpfs, so it needs root (CI runs as root).
+//! `exitrd prepare` for real: mounts a tmpfs, so it needs root. `#[ignore]`d; `sh
+//! scripts/test` runs it (as root) with `--include-ignored`.
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -8,11 +9,9 @@ use std::process::Command;
 mod common;
 
 #[test]
+#[ignore = "needs root: mounts a tmpfs"]
 fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() {
-    assert!(
-        std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").unwrap()) == 0,
-        "this test mounts a tmpfs: run the suite as root (sh scripts/test does)"
-    );
+    common::require_root("this test mounts a tmpfs");
     let base = std::env::temp_dir().join(format!("exitrd-prepare-{}", std::process::id()));
     let payload = base.join("payload");
     let run = base.join("run");

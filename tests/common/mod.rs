@@ -1,7 +1,17 @@
 //! Helpers for the integration tests that mount file systems (they need root).
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+/// Fails the test unless it runs as root, saying why it needs to.
+#[track_caller]
+pub fn require_root(why: &str) {
+    let uid = fs::metadata("/proc/self").unwrap().uid();
+    if uid != 0 {
+        panic!("{why}: run it as root (sh scripts/test does), not as uid {uid}");
+    }
+}
 
 /// The mountinfo lines of what is mounted exactly at `path`.
 pub fn mounts_at(path: &Path) -> Vec<String> {
@@ -24,7 +34,12 @@ pub fn shared_tmpfs(dir: &Path) {
         nix::mount::MsFlags::empty(),
         None::<&str>,
     )
-    .unwrap();
+    .unwrap_or_else(|e| {
+        panic!(
+            "mounting a tmpfs on {} (needs root with CAP_SYS_ADMIN): {e}",
+            dir.display()
+        )
+    });
     nix::mount::mount(
         None::<&str>,
         dir,
