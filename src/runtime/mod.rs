@@ -540,22 +540,32 @@ impl Shutdown {
                 .and_then(|t| t.devices.get(name))
                 .is_some_and(|d| d.is_closable())
         };
-        // Closed by a step of ours, in the order they went...
-        let mut closed: Vec<String> = self
+        let display_of = |d: &str| {
+            self.initial_devices
+                .iter()
+                .find(|(n, _)| n == d)
+                .map(|(_, display)| display.clone())
+        };
+        // Closed by a step of ours (its ioctl did the work), in the order they went...
+        let closed: Vec<String> = self
             .progress
             .done
             .iter()
             .filter_map(|s| s.closes_device())
-            .filter(|d| !present(d))
-            .filter_map(|d| self.initial_devices.iter().find(|(n, _)| n == d))
-            .map(|(_, display)| display.clone())
+            .filter(|d| !present(d) && !self.progress.gone_by_kernel.contains(*d))
+            .filter_map(display_of)
             .collect();
-        // ...then those that went by themselves (deferred removal).
+        // ...and those the kernel removed by itself: found gone at their step, or gone
+        // without one (deferred removal when the last user closed them, loop autoclear).
+        let mut by_kernel: Vec<String> = Vec::new();
         for (name, display) in &self.initial_devices {
-            if !present(name) && !closed.contains(display) {
-                say!("{display} ({name}) is gone: removed by the kernel when its last user closed it");
-                closed.push(display.clone());
+            if present(name) || closed.contains(display) {
+                continue;
             }
+            if !self.progress.gone_by_kernel.contains(name) {
+                say!("{display} ({name}) is gone: removed by the kernel when its last user closed it");
+            }
+            by_kernel.push(display.clone());
         }
         let mut left: Vec<String> = Vec::new();
         if let Some(topo) = &topo {
@@ -590,8 +600,9 @@ impl Shutdown {
             }
         };
         say!(
-            "inventory: closed: {}; left: {}",
+            "inventory: closed: {}; removed by the kernel: {}; left: {}",
             list(&closed),
+            list(&by_kernel),
             list(&left)
         );
     }

@@ -39,7 +39,11 @@ pub struct Limits {
 
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Steps that ended with their device or mount gone: `Done` or `Gone`, in order.
     pub done: Vec<Step>,
+    /// Devices of `done` steps that the kernel removed itself (`Outcome::Gone`: deferred
+    /// removal, autoclear) before or while the step ran: closed, but not by exitrd.
+    pub gone_by_kernel: BTreeSet<String>,
     /// Last failure per step, by its description (only steps not done later).
     pub failed: BTreeMap<String, String>,
     /// Steps whose worker timed out and was abandoned.
@@ -95,6 +99,9 @@ pub fn run_passes(
             ex.report(&step, &outcome);
             match outcome {
                 Outcome::Done | Outcome::Gone => {
+                    if let (Outcome::Gone, Some(device)) = (&outcome, step.closes_device()) {
+                        progress.gone_by_kernel.insert(device.to_string());
+                    }
                     generation += 1;
                     progress.failed.remove(&key);
                     failed_in.remove(&key);

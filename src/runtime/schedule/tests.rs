@@ -234,6 +234,15 @@ fn a_device_that_went_by_itself_counts_as_closed() {
     assert_eq!(p.done.len(), 6);
     assert!(p.failed.is_empty(), "{:?}", p.failed);
     assert_eq!(fake.attempts[lv], 1);
+    // Closed, but by the kernel: the inventory must not say exitrd did it.
+    assert_eq!(p.gone_by_kernel.iter().collect::<Vec<_>>(), ["dm-1"]);
+}
+
+#[test]
+fn devices_closed_by_our_own_steps_are_not_counted_as_the_kernels() {
+    let mut fake = Fake::lvm_luks_md();
+    let p = run(&mut fake, &all, 60);
+    assert!(p.gone_by_kernel.is_empty(), "{:?}", p.gone_by_kernel);
 }
 
 #[test]
