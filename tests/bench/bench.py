@@ -198,7 +198,7 @@ def figures(s: vm.Scenario, tb: vm.Boot, cb: vm.Boot | None, token: str,
     f: dict = {"powered_off": tb.powered_off}
     f["switched"] = vm.pinned(vm.SWITCH_LINES, s.release)[0] in text
     f["md_stopped"] = "md: md0 stopped." in text
-    f["gave_up"] = any(g in text for g in vm.GAVE_UP)
+    f["gave_up"] = any(vm.GAVE_UP.fullmatch(m) for m in vm.messages(text))
     inv = vm.inventory(text)
     f["inventory"] = None if inv is None else {"closed": inv[0], "left": inv[1]}
     f["shutdown_s"] = vm.shutdown_seconds(text)

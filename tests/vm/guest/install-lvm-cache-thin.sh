@@ -201,8 +201,6 @@ configure_initramfs "$target"
 
 log "installer: update-initramfs in the target"
 with_chroot "$target" update-initramfs -u -k all
-with_chroot "$target" sh -c 'lsinitramfs /boot/initrd.img-* | grep -E "pdata_tools|thin_check|cache_check|dm-cache|dm-thin|md-bitmap|bin/perl$|sbin/mdadm$|sbin/lvm$"' |
-	while IFS= read -r f; do log "installer: initrd has $f"; done
 save_initrd "$target" "$OUT_INITRD"
 
 log "installer: closing the stack"

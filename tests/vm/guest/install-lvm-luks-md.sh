@@ -60,8 +60,6 @@ log "installer: mdadm.conf: $(grep ^ARRAY "$target/etc/mdadm/mdadm.conf")"
 
 log "installer: update-initramfs in the target"
 with_chroot "$target" update-initramfs -u -k all
-with_chroot "$target" sh -c 'lsinitramfs /boot/initrd.img-* | grep -E "cryptroot/crypttab|keyfiles|bin/busybox|sbin/mdadm|sbin/lvm"' |
-	while IFS= read -r f; do log "installer: initrd has $f"; done
 save_initrd "$target" "$OUT_INITRD"
 
 log "installer: closing the stack"

@@ -33,8 +33,6 @@ echo virtio_blk >>"$target/etc/initramfs-tools/modules"
 
 log "installer: update-initramfs in the target"
 with_chroot "$target" update-initramfs -u -k all
-with_chroot "$target" sh -c 'lsinitramfs /boot/initrd.img-* | grep -E "nbd|virtio_net|sbin/ipconfig"' |
-	while IFS= read -r f; do log "installer: initrd has $f"; done
 save_initrd "$target" "$OUT_INITRD"
 
 umount "$target"

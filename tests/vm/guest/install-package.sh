@@ -15,8 +15,5 @@ if [ "$before" = "$after" ]; then
 	log "package: initramfs unchanged by the package, running update-initramfs -u"
 	update-initramfs -u -k "$kver"
 fi
-lsinitramfs /boot/initrd.img-"$kver" | grep -i exitrd | while IFS= read -r f; do
-	log "package: initrd has $f"
-done
 save_initrd / "$OUT_INITRD"
 log "package: done"

@@ -61,8 +61,6 @@ done
 
 log "installer: update-initramfs in the target"
 with_chroot "$target" update-initramfs -u -k all
-with_chroot "$target" sh -c 'lsinitramfs /boot/initrd.img-* | grep -E "cryptroot/crypttab|keyfiles"' |
-	while IFS= read -r f; do log "installer: initrd has $f"; done
 save_initrd "$target" "$OUT_INITRD"
 
 log "installer: closing the stack"
