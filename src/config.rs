@@ -24,6 +24,10 @@ pub struct Config {
     pub break_shell: bool,
     /// How long that shell may run before the shutdown goes on.
     pub shell_timeout: Duration,
+    /// Settings that weaken security (`break`, `wipe_keys`) which the kernel command line
+    /// may still change (`CMDLINE_ALLOW=` in the file): anyone at the boot loader can edit
+    /// the command line, so by default it cannot open a root shell or keep keys.
+    pub cmdline_allow: Vec<String>,
 }
 
 impl Default for Config {
@@ -36,11 +40,61 @@ impl Default for Config {
             debug: false,
             break_shell: false,
             shell_timeout: Duration::from_secs(300),
+            cmdline_allow: Vec::new(),
         }
     }
 }
 
-fn parse_bool(v: &str) -> Option<bool> {
+/// The accepted range of each duration: outside it a value is refused and the default
+/// kept (a step timeout of 0 would abandon every step, the first sync included; one of
+/// an hour would let a single stuck operation hold the machine that long).
+const RANGES: [(&str, Duration, Duration); 4] = [
+    ("timeout", Duration::from_secs(5), Duration::from_secs(1800)),
+    (
+        "step_timeout",
+        Duration::from_secs(1),
+        Duration::from_secs(300),
+    ),
+    ("kill_grace", Duration::ZERO, Duration::from_secs(60)),
+    (
+        "shell_timeout",
+        Duration::from_secs(10),
+        Duration::from_secs(3600),
+    ),
+];
+
+/// Keys whose change from the kernel command line weakens security, and the value that
+/// does it (`None`: any value).
+const UNSAFE_ON_CMDLINE: [(&str, Option<&str>); 3] = [
+    ("break", Some("shell")),
+    ("wipe_keys", None),
+    ("cmdline_allow", None),
+];
+
+fn show(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn in_range(key: &str, d: Duration) -> Result<Duration, String> {
+    let Some(&(_, lo, hi)) = RANGES.iter().find(|(k, _, _)| *k == key) else {
+        return Ok(d);
+    };
+    if d < lo || d > hi {
+        return Err(format!(
+            "{key} {} is out of range ({} to {}); keeping the default",
+            show(d),
+            show(lo),
+            show(hi)
+        ));
+    }
+    Ok(d)
+}
+
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "y" | "yes" | "true" | "on" => Some(true),
         "0" | "n" | "no" | "false" | "off" => Some(false),
@@ -69,11 +123,26 @@ impl Config {
     fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         let key = key.to_ascii_lowercase().replace('-', "_");
         let bad = || format!("bad value {value:?} for {key}");
+        let duration = || in_range(&key, parse_duration(value).ok_or_else(bad)?);
         match key.as_str() {
-            "timeout" => self.timeout = parse_duration(value).ok_or_else(bad)?,
-            "step_timeout" => self.step_timeout = parse_duration(value).ok_or_else(bad)?,
-            "kill_grace" => self.kill_grace = parse_duration(value).ok_or_else(bad)?,
-            "shell_timeout" => self.shell_timeout = parse_duration(value).ok_or_else(bad)?,
+            "timeout" => self.timeout = duration()?,
+            "step_timeout" => self.step_timeout = duration()?,
+            "kill_grace" => self.kill_grace = duration()?,
+            "shell_timeout" => self.shell_timeout = duration()?,
+            "cmdline_allow" => {
+                let keys: Vec<String> = value
+                    .split([' ', ','])
+                    .filter(|k| !k.is_empty())
+                    .map(|k| k.to_ascii_lowercase().replace('-', "_"))
+                    .collect();
+                if let Some(k) = keys
+                    .iter()
+                    .find(|k| !matches!(k.as_str(), "break" | "wipe_keys"))
+                {
+                    return Err(format!("cmdline_allow: {k:?} is not break or wipe_keys"));
+                }
+                self.cmdline_allow = keys;
+            }
             "wipe_keys" => self.wipe_keys = parse_bool(value).ok_or_else(bad)?,
             "debug" => self.debug = parse_bool(value).ok_or_else(bad)?,
             "break" => match value {
@@ -123,6 +192,17 @@ impl Config {
             if key == "fault" {
                 continue; // test-only switch, read by the fault module
             }
+            let norm = key.to_ascii_lowercase().replace('-', "_");
+            let unsafe_change = UNSAFE_ON_CMDLINE
+                .iter()
+                .any(|(k, v)| *k == norm && v.is_none_or(|v| v == value));
+            if unsafe_change && !self.cmdline_allow.contains(&norm) {
+                problems.push(format!(
+                    "kernel command line {word:?}: not allowed: anyone at the boot loader can \
+                     set it; to allow it, put CMDLINE_ALLOW={norm} in /etc/exitrd.conf"
+                ));
+                continue;
+            }
             if let Err(e) = self.set(key, value) {
                 problems.push(format!("kernel command line {word:?}: {e}"));
             }
@@ -150,8 +230,45 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(c.timeout, Duration::from_secs(20));
         assert!(c.debug);
-        assert!(c.apply_cmdline("exitrd.break=shell").is_empty());
-        assert!(c.break_shell);
+        // A root shell and kept keys from the boot loader: only when the file allows it.
+        let refused = c.apply_cmdline("exitrd.break=shell exitrd.wipe_keys=yes");
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(refused[0].contains("CMDLINE_ALLOW=break"), "{refused:?}");
+        assert!(!c.break_shell);
+        assert!(c
+            .apply_file("CMDLINE_ALLOW=\"break wipe-keys\"\n")
+            .is_empty());
+        assert!(c
+            .apply_cmdline("exitrd.break=shell exitrd.wipe_keys=yes")
+            .is_empty());
+        assert!(c.break_shell && c.wipe_keys);
+        // The command line cannot widen what it may change.
+        assert_eq!(c.apply_cmdline("exitrd.cmdline_allow=break").len(), 1);
+        assert_eq!(c.apply_file("CMDLINE_ALLOW=timeout").len(), 1);
+    }
+
+    #[test]
+    fn durations_out_of_range_keep_the_default() {
+        let mut c = Config::default();
+        let problems =
+            c.apply_file("STEP_TIMEOUT=0\nTIMEOUT=1h\nKILL_GRACE=2min\nSTEP_TIMEOUT=1h\n");
+        // "1h" is no duration exitrd knows; the others are out of range.
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(
+            problems[0].contains("step_timeout 0s is out of range (1s to 300s)"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[2].contains("kill_grace 120s is out of range"),
+            "{problems:?}"
+        );
+        assert_eq!(c, Config::default());
+        let problems = c.apply_cmdline("exitrd.step_timeout=61min exitrd.timeout=4s");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(c, Config::default());
+        assert!(c
+            .apply_file("STEP_TIMEOUT=300\nTIMEOUT=5\nKILL_GRACE=0\n")
+            .is_empty());
     }
 
     #[test]
