@@ -1,13 +1,23 @@
 //! Finding and ending the processes that still hold the old root.
+//!
+//! PID 1 reads only what cannot block on another process: `/proc/PID/stat`, `status` and
+//! `cgroup`. `cmdline` and `maps` take the target's mmap lock, which a process stuck on a
+//! dead NBD, NFS or FUSE mapping can hold forever, so they are read in bounded workers.
 
-use crate::runtime::worker::reap_all;
+use crate::runtime::worker::{bounded_output, reap_all};
 use crate::say;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// How long PID 1 waits for a worker reading other processes' memory-backed /proc files.
+const PROC_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Where systemd's cgroup tree is (the exitrd sees the old system's /sys).
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// `PF_KTHREAD` from the kernel's `include/linux/sched.h`, field 9 of `/proc/PID/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -16,9 +26,112 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 pub struct Proc {
     pub pid: i32,
     pub comm: String,
-    /// Root-owned with `argv[0]` starting with `@`: systemd's convention for processes
-    /// that serve the root storage (nbd-client, iscsid) and must live until it is closed.
-    pub marked: bool,
+    /// Why systemd's final kill left it alone, and so do we until the file systems are
+    /// gone; `None` for an ordinary process.
+    pub spared: Option<Spared>,
+}
+
+/// systemd-shutdown's rules for processes that survive its final kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spared {
+    /// Real uid 0 and `argv[0]` starting with `@`: storage daemons such as nbd-client,
+    /// iscsid (systemd's documented convention).
+    At,
+    /// In a cgroup marked `SurviveFinalKillSignal=` (the cgroup's
+    /// `user.survive_final_kill_signal` or `trusted.survive_final_kill_signal` xattr).
+    SurvivorCgroup,
+}
+
+impl Spared {
+    fn label(self) -> &'static str {
+        match self {
+            Spared::At => "spared as @",
+            Spared::SurvivorCgroup => "spared: SurviveFinalKillSignal",
+        }
+    }
+}
+
+/// The real uid from `/proc/PID/status` (`Uid:` real, effective, saved, fs). The owner
+/// of `/proc/PID` is no use: it is root for every non-dumpable process.
+fn real_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The unified (v2) cgroup path from `/proc/PID/cgroup` (`0::/system.slice/x.service`).
+fn cgroup_path(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// Whether the cgroup carries systemd's survive-the-final-kill mark, as systemd reads it:
+/// the `user.` xattr (kernel 5.7 and later), else the `trusted.` one.
+fn survivor_cgroup(cgroup_root: &Path, path: &str) -> bool {
+    let dir = cgroup_root.join(path.trim_start_matches('/'));
+    [
+        "user.survive_final_kill_signal",
+        "trusted.survive_final_kill_signal",
+    ]
+    .iter()
+    .find_map(|name| xattr(&dir, name))
+    .is_some_and(|v| crate::config::parse_bool(v.trim()).unwrap_or(false))
+}
+
+fn xattr(path: &Path, name: &str) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated and live across the call; the kernel
+    // writes at most buf.len() bytes into buf.
+    let n = unsafe {
+        nix::libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Of `pids`, those whose `argv[0]` starts with `@`, read by `cmdline_first_byte` for each.
+fn at_marked(pids: &[i32], cmdline_first_byte: &dyn Fn(i32) -> Option<u8>) -> BTreeSet<i32> {
+    pids.iter()
+        .copied()
+        .filter(|&pid| cmdline_first_byte(pid) == Some(b'@'))
+        .collect()
+}
+
+fn first_cmdline_byte(proc_root: &Path, pid: i32) -> Option<u8> {
+    use std::io::Read;
+    let mut f = fs::File::open(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+    let mut b = [0u8; 1];
+    (f.read(&mut b).ok()? == 1).then_some(b[0])
+}
+
+/// The `@` marks of `pids`, read in a bounded worker: a process whose cmdline cannot be
+/// read in time counts as unmarked (it is stuck in the kernel; signals are all it gets).
+fn at_marked_bounded(proc_root: &Path, pids: &[i32]) -> BTreeSet<i32> {
+    if pids.is_empty() {
+        return BTreeSet::new();
+    }
+    let (_, out) = bounded_output(PROC_READ_TIMEOUT, |w| {
+        for &pid in pids {
+            let marked = first_cmdline_byte(proc_root, pid) == Some(b'@');
+            writeln!(w, "{pid} {}", u8::from(marked))?;
+        }
+        Ok(())
+    });
+    String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.strip_suffix(" 1")?.parse().ok())
+        .collect()
 }
 
 /// Parses the part of `/proc/PID/stat` we need: comm, state and flags.
@@ -35,33 +148,77 @@ fn parse_stat(stat: &str) -> Option<(String, char, u64)> {
 
 /// Every user-space process but ourselves, skipping kernel threads and zombies.
 pub fn list(proc_root: &Path) -> Vec<Proc> {
+    list_with(proc_root, Path::new(CGROUP_ROOT), &|pids| {
+        at_marked_bounded(proc_root, pids)
+    })
+}
+
+/// Pids of the live user-space processes (stat only: no worker needed).
+fn alive_pids(proc_root: &Path) -> Vec<i32> {
+    scan(proc_root).into_iter().map(|(pid, _)| pid).collect()
+}
+
+/// (pid, comm) of every user-space process but ourselves and our abandoned workers.
+fn scan(proc_root: &Path) -> Vec<(i32, String)> {
     let me = std::process::id() as i32;
     let ours = crate::runtime::worker::abandoned();
     let Ok(entries) = fs::read_dir(proc_root) else {
         return Vec::new();
     };
-    let mut procs: Vec<Proc> = entries
+    let mut found: Vec<(i32, String)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != me && pid != 1 && !ours.contains(&pid))
         .filter_map(|pid| {
-            let dir = proc_root.join(pid.to_string());
-            let (comm, state, flags) = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;
-            if flags & PF_KTHREAD != 0 || state == 'Z' || state == 'X' {
-                return None;
-            }
-            let owner_root = fs::metadata(&dir).map(|m| m.uid() == 0).unwrap_or(false);
-            let argv0_marked = fs::read(dir.join("cmdline"))
-                .map(|c| c.first() == Some(&b'@'))
-                .unwrap_or(false);
-            Some(Proc {
-                pid,
-                comm,
-                marked: owner_root && argv0_marked,
-            })
+            let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+            let (comm, state, flags) = parse_stat(&stat)?;
+            let user_space = flags & PF_KTHREAD == 0 && state != 'Z' && state != 'X';
+            user_space.then_some((pid, comm))
         })
         .collect();
-    procs.sort_by_key(|p| p.pid);
+    found.sort_by_key(|(pid, _)| *pid);
+    found
+}
+
+/// `list` with the cgroup tree's root and the `@` reader given (tests give fixtures).
+fn list_with(
+    proc_root: &Path,
+    cgroup_root: &Path,
+    read_at_marks: &dyn Fn(&[i32]) -> BTreeSet<i32>,
+) -> Vec<Proc> {
+    let mut procs: Vec<Proc> = scan(proc_root)
+        .into_iter()
+        .map(|(pid, comm)| {
+            let dir = proc_root.join(pid.to_string());
+            let survivor = fs::read_to_string(dir.join("cgroup"))
+                .ok()
+                .and_then(|t| cgroup_path(&t).map(|p| survivor_cgroup(cgroup_root, p)))
+                .unwrap_or(false);
+            Proc {
+                pid,
+                comm,
+                spared: survivor.then_some(Spared::SurvivorCgroup),
+            }
+        })
+        .collect();
+    // Only processes running as root can claim the `@` mark (systemd's rule).
+    let root_owned: Vec<i32> = procs
+        .iter()
+        .filter(|p| p.spared.is_none())
+        .filter(|p| {
+            fs::read_to_string(proc_root.join(p.pid.to_string()).join("status"))
+                .ok()
+                .and_then(|s| real_uid(&s))
+                == Some(0)
+        })
+        .map(|p| p.pid)
+        .collect();
+    let marked = read_at_marks(&root_owned);
+    for p in &mut procs {
+        if marked.contains(&p.pid) {
+            p.spared = Some(Spared::At);
+        }
+    }
     procs
 }
 
@@ -123,16 +280,32 @@ pub fn how_it_holds(
 }
 
 /// One entry per process that holds the mount at `mount_point`: `PID (comm) via HOW`.
+/// Read in one bounded worker (maps and cmdline can block); when it overruns, the
+/// entries found until then and a last one saying so.
 pub fn blockers(mount_point: &str, mount_points: &[String]) -> Vec<String> {
     let proc_root = Path::new("/proc");
-    list(proc_root)
-        .into_iter()
-        .filter_map(|p| {
-            let how = how_it_holds(proc_root, p.pid, mount_point, mount_points)?;
-            let mark = if p.marked { ", spared as @" } else { "" };
-            Some(format!("{} ({}{mark}) via {how}", p.pid, p.comm))
-        })
-        .collect()
+    let (outcome, out) = bounded_output(PROC_READ_TIMEOUT, |w| {
+        let direct = |pids: &[i32]| at_marked(pids, &|pid| first_cmdline_byte(proc_root, pid));
+        for p in list_with(proc_root, Path::new(CGROUP_ROOT), &direct) {
+            if let Some(how) = how_it_holds(proc_root, p.pid, mount_point, mount_points) {
+                let mark = p
+                    .spared
+                    .map(|s| format!(", {}", s.label()))
+                    .unwrap_or_default();
+                writeln!(w, "{} ({}{mark}) via {how}", p.pid, p.comm)?;
+                w.flush()?;
+            }
+        }
+        Ok(())
+    });
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if !outcome.is_done() {
+        lines.push(format!("(no more: reading /proc stopped: {outcome})"));
+    }
+    lines
 }
 
 fn names(procs: &[Proc]) -> String {
@@ -156,7 +329,7 @@ pub fn end_processes(spare_marked: bool, grace: Duration) -> Vec<Proc> {
     let proc_root = Path::new("/proc");
     let targets = |all: Vec<Proc>| -> Vec<Proc> {
         all.into_iter()
-            .filter(|p| !(spare_marked && p.marked))
+            .filter(|p| !(spare_marked && p.spared.is_some()))
             .collect()
     };
     let first = targets(list(proc_root));
@@ -199,7 +372,7 @@ fn wait_gone(procs: &[Proc], limit: Duration, proc_root: &Path) -> Vec<Proc> {
     let start = Instant::now();
     loop {
         reap_all();
-        let alive: Vec<i32> = list(proc_root).iter().map(|p| p.pid).collect();
+        let alive = alive_pids(proc_root);
         let left: Vec<Proc> = procs
             .iter()
             .filter(|p| alive.contains(&p.pid))
@@ -247,6 +420,93 @@ mod tests {
         assert!(!on_mount(&file, &d, &inner));
         assert!(on_mount(&file, &inner[1], &inner));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn spared_by_real_uid_and_at_or_by_survivor_cgroup() {
+        let me = std::process::id();
+        let root = std::env::temp_dir().join(format!("exitrd-procs-{me}"));
+        let _ = fs::remove_dir_all(&root);
+        let proc_root = root.join("proc");
+        let cgroups = root.join("cgroup");
+        // pid, comm, real uid, effective uid, cmdline, cgroup
+        let procs = [
+            (
+                10,
+                "nbd-client",
+                0,
+                0,
+                "@nbd-client\0-persist\0",
+                "/system.slice/nbd.service",
+            ),
+            // Not root by its real uid (a setuid program): the @ does not count.
+            (11, "sneaky", 1000, 0, "@sneaky\0", "/user.slice/u.scope"),
+            (12, "bash", 0, 0, "bash\0", "/user.slice/u.scope"),
+            (
+                13,
+                "podman",
+                1000,
+                1000,
+                "conmon\0",
+                "/system.slice/keep.service",
+            ),
+        ];
+        for (pid, comm, ruid, euid, cmdline, cgroup) in procs {
+            let d = proc_root.join(pid.to_string());
+            fs::create_dir_all(&d).unwrap();
+            let stat = format!("{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0");
+            fs::write(d.join("stat"), stat).unwrap();
+            let status = format!("Name:\t{comm}\nUid:\t{ruid}\t{euid}\t{euid}\t{euid}\n");
+            fs::write(d.join("status"), status).unwrap();
+            fs::write(d.join("cmdline"), cmdline).unwrap();
+            fs::write(d.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
+            fs::create_dir_all(cgroups.join(cgroup.trim_start_matches('/'))).unwrap();
+        }
+        let keep = cgroups.join("system.slice/keep.service");
+        assert!(
+            xattr_set(&keep, "user.survive_final_kill_signal", "1"),
+            "cannot set a user xattr in {} (the test needs a file system with them)",
+            keep.display()
+        );
+        let direct = |pids: &[i32]| at_marked(pids, &|pid| first_cmdline_byte(&proc_root, pid));
+        let list = list_with(&proc_root, &cgroups, &direct);
+        let spared = |pid| list.iter().find(|p| p.pid == pid).unwrap().spared;
+        assert_eq!(spared(10), Some(Spared::At));
+        assert_eq!(spared(11), None, "real uid 1000");
+        assert_eq!(spared(12), None);
+        assert_eq!(
+            spared(13),
+            Some(Spared::SurvivorCgroup),
+            "cgroup mark, any uid"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn xattr_set(path: &Path, name: &str, value: &str) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        // SAFETY: NUL-terminated strings and a buffer of the given length.
+        let rc = unsafe {
+            nix::libc::setxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        rc == 0
+    }
+
+    #[test]
+    fn status_and_cgroup_fields() {
+        assert_eq!(real_uid("Name:\tx\nUid:\t1000\t0\t0\t0\n"), Some(1000));
+        assert_eq!(real_uid("Name:\tx\n"), None);
+        assert_eq!(
+            cgroup_path("1:name=systemd:/old\n0::/system.slice/a.service\n"),
+            Some("/system.slice/a.service")
+        );
     }
 
     #[test]

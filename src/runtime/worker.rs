@@ -99,6 +99,79 @@ pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outco
     }
 }
 
+/// Runs `op` in a worker that writes its result into a pipe, and returns what it wrote:
+/// all of it if it finished within `timeout`, what it had written until then if not (the
+/// worker is then abandoned like any other). For reads that can block forever in the
+/// kernel: a process's `/proc/PID/cmdline` and `maps` take that process's mmap lock, which
+/// a process stuck on a dead NBD, NFS or FUSE mapping may hold for good. Without a pipe or
+/// a fork, nothing is run: the caller gets an error and goes on without the answer.
+pub fn bounded_output<F: FnOnce(&mut std::fs::File) -> io::Result<()>>(
+    timeout: Duration,
+    op: F,
+) -> (Outcome, Vec<u8>) {
+    let (reader, writer) = match pipe() {
+        Ok(p) => p,
+        Err(e) => return (Outcome::Failed(io::Error::from(e)), Vec::new()),
+    };
+    // SAFETY: as in `bounded`: single-threaded parent, the child leaves with _exit.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            IN_WORKER.store(true, Ordering::Relaxed);
+            drop(reader);
+            let mut out = std::fs::File::from(writer);
+            let code = match op(&mut out) {
+                Ok(()) => 0,
+                Err(e) => errno(&e).filter(|c| (1..255).contains(c)).unwrap_or(255),
+            };
+            // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
+            unsafe { nix::libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(writer);
+            let mut out = Vec::new();
+            let fd = reader.as_raw_fd();
+            // Drained while waiting, so a worker with much to say never blocks on a full pipe.
+            let flags = nix::fcntl::OFlag::O_NONBLOCK;
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags));
+            let drain = |out: &mut Vec<u8>| {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = read(fd, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&buf[..n]);
+                }
+            };
+            let start = Instant::now();
+            loop {
+                drain(&mut out);
+                match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => {}
+                    Ok(WaitStatus::Exited(_, 0)) => {
+                        drain(&mut out);
+                        return (Outcome::Done, out);
+                    }
+                    Ok(WaitStatus::Exited(_, code)) => {
+                        drain(&mut out);
+                        return (Outcome::Failed(io::Error::from_raw_os_error(code)), out);
+                    }
+                    Ok(_) => {}
+                    Err(e) => return (Outcome::Failed(io::Error::from(e)), out),
+                }
+                if start.elapsed() >= timeout {
+                    let _ = kill(child, Signal::SIGKILL);
+                    if let Ok(mut v) = ABANDONED.lock() {
+                        v.push(child.as_raw());
+                    }
+                    return (Outcome::TimedOut, out);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Err(e) => (Outcome::Failed(io::Error::from(e)), Vec::new()),
+    }
+}
+
 /// A worker's error as the parent sees it: the child's message, and the errno it exited
 /// with, so callers can still tell `EBUSY` from `ENXIO` (see [`errno`]).
 #[derive(Debug)]
@@ -214,6 +287,31 @@ mod tests {
         });
         assert!(matches!(outcome, Outcome::TimedOut));
         assert!(!abandoned().is_empty(), "the stuck worker is remembered");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn output_comes_back_whole_or_up_to_the_timeout() {
+        use std::io::Write;
+        // More than a pipe holds: the parent drains while it waits.
+        let (outcome, out) = bounded_output(Duration::from_secs(10), |w| {
+            for i in 0..20_000 {
+                writeln!(w, "line {i}")?;
+            }
+            Ok(())
+        });
+        assert!(outcome.is_done());
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 20_000);
+        // A worker that blocks after a first answer: that answer, and a bounded wait.
+        let start = Instant::now();
+        let (outcome, out) = bounded_output(Duration::from_millis(300), |w| {
+            writeln!(w, "first")?;
+            w.flush()?;
+            std::thread::sleep(Duration::from_secs(30));
+            Ok(())
+        });
+        assert!(matches!(outcome, Outcome::TimedOut));
+        assert_eq!(out, b"first\n");
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 }
