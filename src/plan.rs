@@ -611,7 +611,27 @@ pub struct StorageRoot {
 /// disks of a ZFS pool, which registers no holders in sysfs; a mapping opened by hand).
 pub const NOT_MOUNTED: &str = "not mounted";
 
-fn device_tree(topo: &Topology, d: &BlockDev, depth: usize) -> DeviceTree {
+/// The most nodes one storage tree shows. A tree repeats what is shared below (two LVs
+/// on one PV show the PV twice), so a hand-made graph (`exitrd plan --root`; sysfs never
+/// does this) where each device is built on the same two others, level after level, makes
+/// a tree that doubles with each level: it stops growing here.
+const MAX_TREE_NODES: usize = 1000;
+
+/// The tree of `d` and what it is built on, at most [`MAX_TREE_NODES`] nodes.
+fn device_tree(topo: &Topology, d: &BlockDev) -> DeviceTree {
+    let mut budget = MAX_TREE_NODES;
+    device_subtree(topo, d, &mut Vec::new(), &mut budget)
+}
+
+/// `path`: the devices from the top of the tree down to `d`'s holder. A device on it would
+/// be built on itself (sysfs cannot loop, a hand-made tree can): shown, not walked again.
+fn device_subtree<'a>(
+    topo: &'a Topology,
+    d: &'a BlockDev,
+    path: &mut Vec<&'a str>,
+    budget: &mut usize,
+) -> DeviceTree {
+    *budget = budget.saturating_sub(1);
     let mut below: Vec<&BlockDev> = d
         .slaves
         .iter()
@@ -623,19 +643,30 @@ fn device_tree(topo: &Topology, d: &BlockDev, depth: usize) -> DeviceTree {
     {
         below.extend(topo.devices.get(parent));
     }
+    let mut built_on = Vec::new();
+    path.push(&d.name);
+    for b in below {
+        if *budget == 0 {
+            break;
+        }
+        if path.contains(&b.name.as_str()) {
+            *budget -= 1;
+            built_on.push(DeviceTree {
+                device: b.name.clone(),
+                name: b.display_name().to_string(),
+                what: format!("{} (a cycle: it is built on itself)", b.describe()),
+                built_on: Vec::new(),
+            });
+        } else {
+            built_on.push(device_subtree(topo, b, path, budget));
+        }
+    }
+    path.pop();
     DeviceTree {
         device: d.name.clone(),
         name: d.display_name().to_string(),
         what: d.describe(),
-        // Depth bound: sysfs cannot loop, but a hand-made fixture could.
-        built_on: if depth > 32 {
-            Vec::new()
-        } else {
-            below
-                .into_iter()
-                .map(|b| device_tree(topo, b, depth + 1))
-                .collect()
-        },
+        built_on,
     }
 }
 
@@ -656,7 +687,7 @@ pub fn storage_roots(topo: &Topology, opts: &PlanOptions, plan: &Plan) -> Vec<St
             Some(StorageRoot {
                 used_as: m.mount_point.clone(),
                 fstype: m.fstype.clone(),
-                tree: device_tree(topo, d, 0),
+                tree: device_tree(topo, d),
             })
         })
         .collect();
@@ -665,7 +696,7 @@ pub fn storage_roots(topo: &Topology, opts: &PlanOptions, plan: &Plan) -> Vec<St
         Some(StorageRoot {
             used_as: "swap".into(),
             fstype: "swap".into(),
-            tree: device_tree(topo, d, 0),
+            tree: device_tree(topo, d),
         })
     }));
     // A ZFS dataset has no block device: its pool is the node, and the pool's disks
@@ -705,7 +736,7 @@ pub fn storage_roots(topo: &Topology, opts: &PlanOptions, plan: &Plan) -> Vec<St
     roots.extend(unclaimed.into_iter().map(|d| StorageRoot {
         used_as: NOT_MOUNTED.into(),
         fstype: String::new(),
-        tree: cut_at(device_tree(topo, d, 0), &shown),
+        tree: cut_at(device_tree(topo, d), &shown),
     }));
     roots
 }

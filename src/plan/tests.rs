@@ -252,6 +252,93 @@ fn storage_tree_walks_down_to_the_disks() {
     assert_eq!(md.built_on[1].built_on[0].name, "vdb");
 }
 
+fn tree_nodes(t: &DeviceTree) -> usize {
+    1 + t.built_on.iter().map(tree_nodes).sum::<usize>()
+}
+
+/// Found by the `block` fuzz target: each device built on itself and on the other made a
+/// storage tree of 2^33 nodes (the depth bound of 32 did not bound the width).
+#[test]
+fn a_storage_tree_with_cycles_shows_each_cycle_once() {
+    let devices = [
+        dev(
+            "dm-0",
+            252,
+            0,
+            dm("a", ""),
+            &["dm-0", "dm-1"],
+            &["dm-0", "dm-1"],
+        ),
+        dev(
+            "dm-1",
+            252,
+            1,
+            dm("b", ""),
+            &["dm-0", "dm-1"],
+            &["dm-0", "dm-1"],
+        ),
+    ];
+    let topo = topo_of(
+        "22 1 252:0 / / rw - ext4 /dev/dm-0 rw\n",
+        devices.into_iter().collect(),
+        &[],
+    );
+    let opts = PlanOptions::live();
+    let roots = storage_roots(&topo, &opts, &plan(&topo, &opts));
+    assert_eq!(roots[0].used_as, "/");
+    let t = &roots[0].tree;
+    // dm-0 on [dm-0 (cycle), dm-1 on [dm-0 (cycle), dm-1 (cycle)]]
+    assert_eq!(tree_nodes(t), 5, "{t:#?}");
+    assert!(t.built_on[0]
+        .what
+        .ends_with("(a cycle: it is built on itself)"));
+    assert!(t.built_on[0].built_on.is_empty());
+    assert_eq!(t.built_on[1].device, "dm-1");
+    assert_eq!(t.built_on[1].built_on.len(), 2);
+}
+
+/// No cycle, but 40 levels of two devices, each built on both of the level below: the
+/// tree would have 2^41 nodes; it stops at MAX_TREE_NODES.
+#[test]
+fn a_storage_tree_that_fans_out_level_after_level_is_bounded() {
+    let name = |level: usize, i: usize| format!("dm-{}", 2 * level + i);
+    let mut devices = Vec::new();
+    for level in 0..40 {
+        for i in 0..2 {
+            let below: Vec<String> = if level < 39 {
+                vec![name(level + 1, 0), name(level + 1, 1)]
+            } else {
+                Vec::new()
+            };
+            let above: Vec<String> = if level > 0 {
+                vec![name(level - 1, 0), name(level - 1, 1)]
+            } else {
+                Vec::new()
+            };
+            let minor = (2 * level + i) as u32;
+            let mut d = dev(
+                &name(level, i),
+                252,
+                minor,
+                dm(&name(level, i), ""),
+                &[],
+                &[],
+            );
+            d.slaves = below;
+            d.holders = above;
+            devices.push(d);
+        }
+    }
+    let topo = topo_of("22 1 252:0 / / rw - ext4 /dev/dm-0 rw\n", devices, &[]);
+    let opts = PlanOptions::live();
+    let p = plan(&topo, &opts);
+    assert_eq!(p.steps.len(), 81, "one unmount, 80 removals");
+    let roots = storage_roots(&topo, &opts, &p);
+    let nodes: usize = roots.iter().map(|r| tree_nodes(&r.tree)).sum();
+    assert!(tree_nodes(&roots[0].tree) <= MAX_TREE_NODES, "{nodes}");
+    assert!(nodes <= roots.len() * MAX_TREE_NODES, "{nodes}");
+}
+
 #[test]
 fn scope_matching_is_by_path_component() {
     assert!(in_scope("/oldroot", "/oldroot"));
