@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::stat::{self, Mode, SFlag};
 
-/// Directory where [`node_for`] creates block nodes that `/dev` lacks.
-pub const NODE_DIR: &str = "/run/exitrd-nodes";
+/// Directory where [`node_for`] creates block nodes that `/dev` lacks. In `/dev` itself:
+/// it is the old system's devtmpfs, the one file system here that allows device nodes
+/// (`/run`, and the exitrd's own tmpfs, are mounted `nodev`: a node made there cannot
+/// be opened).
+pub const NODE_DIR: &str = "/dev/.exitrd-nodes";
 
 /// Returns a block device node for `major:minor`.
 ///
@@ -30,7 +33,7 @@ pub const NODE_DIR: &str = "/run/exitrd-nodes";
 /// `md0`, `dm-3`, `loop0`; a `DEVNAME` such as `cciss/c0d0` is accepted too).
 /// If `/dev/<name>` exists and is a block device with exactly that device
 /// number it is returned. Otherwise a node is created (mode 0600) as
-/// `/run/exitrd-nodes/<name>` (a `/` in `name` becomes `!`, as in sysfs) and
+/// `/dev/.exitrd-nodes/<name>` (a `/` in `name` becomes `!`, as in sysfs) and
 /// that path is returned; a stale node of the same name there is replaced.
 pub fn node_for(name: &str, major: u32, minor: u32) -> io::Result<PathBuf> {
     node_for_in(Path::new("/dev"), Path::new(NODE_DIR), name, major, minor)
@@ -399,6 +402,12 @@ mod tests {
             is_busy,
         );
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn fallback_nodes_go_where_nodes_can_be_opened() {
+        // /run is nodev on Debian (and after the pivot); /dev is the devtmpfs.
+        assert!(NODE_DIR.starts_with("/dev/"), "{NODE_DIR}");
     }
 
     #[test]
