@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Benchmarks: exitrd side by side with dracut and with stock Debian, on the same VM stack.
 
-    sh scripts/bench [--reps N] [--release trixie]     # as root; everything from scratch
-    python3 tests/bench/bench.py run [--reps N] ...    # the same, without the deps step
-    python3 tests/bench/bench.py planner               # only the planner figures (no VM)
-    python3 tests/bench/bench.py render RESULTS.json   # table, chart and README again
+    sh scripts/bench [--reps N] [--release trixie]         # as root; everything from scratch
+    python3 -m tests.bench.bench run [--reps N] ...        # the same, without the deps step
+    python3 -m tests.bench.bench planner                   # only the planner figures (no VM)
+    python3 -m tests.bench.bench render RESULTS.json       # table, chart and README again
 
-Three setups on the lvm-luks-md stack (ext4 on LVM on LUKS2 on MD RAID1), built by the VM
-harness (tests/vm/vm.py, imported as a module; its stages are cached):
+(python3 -m from the repository root). Three setups on the lvm-luks-md stack (ext4 on LVM
+on LUKS2 on MD RAID1), built by the VM harness (the package tests.vm; its stages are
+cached):
   stock   initramfs-tools, no exitrd             (the base stage, initrd-plain.img)
   dracut  Debian's dracut instead of initramfs-tools, its shutdown module and
           dracut-shutdown.service                (the dracut stage, initrd-dracut.img)
@@ -36,11 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# The VM harness: stages, boots, log parsing.
+from tests.vm import checks, common, logs, qemu, scenarios, stages
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-sys.path.insert(0, str(REPO / "tests/vm"))
-import vm  # noqa: E402  (the VM harness: stages, boots, log parsing)
-
 GUEST = HERE / "guest"
 RESULTS = HERE / "results"
 SCENARIO = "lvm-luks-md"
@@ -132,43 +133,44 @@ def timed_initrd(src: Path, dst: Path) -> list[str]:
 
 # --------------------------------------------------------------------------- boots
 
-def setup_media(s: vm.Scenario, deb: Path) -> dict[str, tuple[Path, Path, Path]]:
+def setup_media(s: scenarios.Scenario, deb: Path) -> dict[str, tuple[Path, Path, Path]]:
     """setup -> (folder with disk*.qcow2, initrd booted, initrd as built)."""
-    base = vm.stack_base(s)
-    pkg = vm.stack_pkg(s, deb)
-    dr = vm.stack_dracut(s)
+    base = stages.stack_base(s)
+    pkg = stages.stack_pkg(s, deb)
+    dr = stages.stack_dracut(s)
     return {"stock": (base, base / "initrd-plain.img", base / "initrd-plain.img"),
             "dracut": (dr, dr / "initrd-dracut.img", dr / "initrd-dracut.img"),
             "exitrd": (pkg, pkg / "initrd-exitrd.img", pkg / "initrd-exitrd.img")}
 
 
-def one_run(s: vm.Scenario, setup: str, src: Path, initrd: Path, rundir: Path) -> dict:
+def one_run(s: scenarios.Scenario, setup: str, src: Path, initrd: Path, rundir: Path) -> dict:
     rundir.mkdir(parents=True, exist_ok=True)
-    base = vm.stack_base(s)
+    base = stages.stack_base(s)
     token = secrets.token_hex(16)
     hd = rundir / "harness-test.img"
-    files = {"run.sh": vm.guest_text("test.sh"), "shutdown-diag.sh": vm.guest_text("shutdown-diag.sh"),
+    files = {"run.sh": common.guest_text("test.sh"),
+             "shutdown-diag.sh": common.guest_text("shutdown-diag.sh"),
              "extra.sh": (GUEST / "measure.sh").read_text(),
              "shutdown-probe.sh": (GUEST / "shutdown-probe.sh").read_text()}
     disks: list[Path] = []
 
     def setup_test() -> list[Path]:
-        disks[:] = [vm.overlay(d, rundir / d.name) for d in vm.base_disks(src)]
-        vm.make_harness_disk(hd, files, {"TOKEN": token, "CAPTURE": "0"})
+        disks[:] = [qemu.overlay(d, rundir / d.name) for d in stages.base_disks(src)]
+        qemu.make_harness_disk(hd, files, {"TOKEN": token, "CAPTURE": "0"})
         return disks + [hd]
 
-    tb = vm.boot_fresh("test", rundir, base / "vmlinuz", initrd, f"root={s.root} ro",
-                       setup_test, s.timeout_test)
+    tb = qemu.boot_fresh(qemu.BootSpec("test", rundir, base / "vmlinuz", initrd,
+                                       f"root={s.root} ro", s.timeout_test), setup_test)
     hc = rundir / "harness-check.img"
 
     def setup_check() -> list[Path]:
-        upper = [vm.overlay(d, d.with_name(f"check-{d.name}")) for d in disks]
-        vm.make_harness_disk(hc, {"run.sh": vm.guest_text("check.sh")}, {})
+        upper = [qemu.overlay(d, d.with_name(f"check-{d.name}")) for d in disks]
+        qemu.make_harness_disk(hc, {"run.sh": common.guest_text("check.sh")}, {})
         return upper + [hc]
 
-    cb = vm.boot_fresh("check", rundir, base / "vmlinuz", initrd,
-                       f"root={s.root} ro init=/usr/local/sbin/exitrd-harness", setup_check,
-                       vm.TIMEOUT_CHECK)
+    cb = qemu.boot_fresh(qemu.BootSpec("check", rundir, base / "vmlinuz", initrd,
+                                       f"root={s.root} ro init=/usr/local/sbin/exitrd-harness",
+                                       scenarios.TIMEOUT_CHECK), setup_check)
     fig = figures(s, tb, cb, token)
     fig["rundir"] = str(rundir)
     (rundir / "figures.json").write_text(json.dumps(fig, indent=1) + "\n")
@@ -192,23 +194,23 @@ def bench_lines(text: str) -> list[tuple[float, str]]:
     return out
 
 
-def figures(s: vm.Scenario, tb: vm.Boot, cb: vm.Boot | None, token: str,
+def figures(s: scenarios.Scenario, tb: qemu.Boot, cb: qemu.Boot | None, token: str,
             next_boot: dict | None = None) -> dict:
     text = tb.text
     f: dict = {"powered_off": tb.powered_off}
-    f["switched"] = vm.pinned(vm.SWITCH_LINES, s.release)[0] in text
+    f["switched"] = scenarios.pinned(scenarios.SWITCH_LINES, s.release)[0] in text
     f["md_stopped"] = "md: md0 stopped." in text
-    f["gave_up"] = any(vm.GAVE_UP.fullmatch(m) for m in vm.messages(text))
-    inv = vm.inventory(text)
+    f["gave_up"] = any(scenarios.GAVE_UP.fullmatch(m) for m in logs.messages(text))
+    inv = logs.inventory(text)
     f["inventory"] = None if inv is None else {"closed": inv[0], "left": inv[1]}
-    f["shutdown_s"] = vm.shutdown_seconds(text)
-    queued = vm.first_stamp(text, "harness: queueing poweroff")
-    down = vm.first_stamp(text, vm.POWER_DOWN, queued or 0.0)
+    f["shutdown_s"] = logs.shutdown_seconds(text)
+    queued = logs.first_stamp(text, "harness: queueing poweroff")
+    down = logs.first_stamp(text, scenarios.POWER_DOWN, queued or 0.0)
     f["poweroff_total_s"] = down - queued if queued is not None and down is not None else None
-    pivot = vm.first_stamp(text, vm.pinned(vm.SWITCH_LINES, s.release)[0])
-    end = vm.first_stamp(text, vm.POWER_DOWN, pivot or 0.0)
+    pivot = logs.first_stamp(text, scenarios.pinned(scenarios.SWITCH_LINES, s.release)[0])
+    end = logs.first_stamp(text, scenarios.POWER_DOWN, pivot or 0.0)
     f["pivot_to_power_s"] = end - pivot if pivot is not None and end is not None else None
-    f["boot_to_harness_s"] = vm.first_stamp(text, "harness: run.sh start")
+    f["boot_to_harness_s"] = logs.first_stamp(text, "harness: run.sh start")
     bl = bench_lines(text)
     kv = {}
     for ts, msg in bl:
@@ -244,9 +246,9 @@ def figures(s: vm.Scenario, tb: vm.Boot, cb: vm.Boot | None, token: str,
         elif m and m.group(2) in starts:
             ib[m.group(2)] = (ts - starts[m.group(2)]) * 1000
     f["init_bottom_ms"] = ib
-    # The check boot: marker, md state, fsck (vm.py's own assertions).
+    # The check boot: marker, md state, fsck (the harness's own assertions).
     if next_boot is None:
-        next_boot = {c.name: c.ok for c in vm.checks_check_boot(s, cb, token)}
+        next_boot = {c.name: c.ok for c in checks.checks_check_boot(s, cb, token)}
     f["next_boot"] = next_boot
     f["next_boot_clean"] = all(next_boot.values())
     f["clean"] = bool(f["powered_off"] and f["md_stopped"] and not f["gave_up"]
@@ -258,7 +260,7 @@ def figures(s: vm.Scenario, tb: vm.Boot, cb: vm.Boot | None, token: str,
 
 def exitrd_binary(tmp: Path, deb: Path) -> Path:
     """The exitrd binary of the package under test (the one the payload carries)."""
-    vm.run(["dpkg-deb", "-x", deb, tmp / "deb"])
+    common.run(["dpkg-deb", "-x", deb, tmp / "deb"])
     for p in ("usr/sbin/exitrd", "usr/bin/exitrd", "sbin/exitrd"):
         if (tmp / "deb" / p).is_file():
             return tmp / "deb" / p
@@ -444,7 +446,7 @@ def machine() -> dict:
             break
     return {"nproc": os.cpu_count(), "cpu": model, "accel": "qemu TCG (no KVM)",
             "host": platform.platform(), "guest_ram_mib": 1024, "guest_cpus": 2,
-            "vm_slots": vm.VM_SLOTS}
+            "vm_slots": qemu.VM_SLOTS}
 
 
 # --------------------------------------------------------------------------- chart
@@ -637,13 +639,13 @@ def cmd_run(a) -> int:
     if os.geteuid() != 0:
         raise SystemExit("needs root (the VM harness does)")
     t0 = time.monotonic()
-    s = vm.pick(SCENARIO, a.release)
+    s = scenarios.pick(SCENARIO, a.release)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    top = vm.CACHE / "runs" / f"{stamp}-bench-{s.release}"
+    top = common.CACHE / "runs" / f"{stamp}-bench-{s.release}"
     top.mkdir(parents=True, exist_ok=True)
     # A private copy: scripts/build-deb may rewrite target/debian while the run goes on.
-    deb = top / vm.find_deb().name
-    shutil.copyfile(vm.find_deb(), deb)
+    deb = top / stages.find_deb().name
+    shutil.copyfile(stages.find_deb(), deb)
     media = setup_media(s, deb)
     boot_initrd = {}
     for st, (src, initrd, _) in media.items():
@@ -656,7 +658,7 @@ def cmd_run(a) -> int:
            "command": "sh scripts/bench" + (f" --reps {a.reps}" if a.reps != 3 else ""),
            "machine": machine(), "runs": {st: [] for st in SETUPS},
            "images": {st: media[st][2].stat().st_size for st in SETUPS},
-           "kernel": (vm.rootfs(s.release).joinpath("kernel-version")).read_text().strip()}
+           "kernel": (stages.rootfs(s.release).joinpath("kernel-version")).read_text().strip()}
     dd = media["dracut"][0] / "debs.txt"
     if dd.exists():
         v = [l for l in dd.read_text().split() if l.startswith("dracut_")]
@@ -691,7 +693,7 @@ def cmd_run(a) -> int:
 
 def cmd_planner(a) -> int:
     with tempfile.TemporaryDirectory() as d:
-        binary = Path(a.binary) if a.binary else exitrd_binary(Path(d), vm.find_deb())
+        binary = Path(a.binary) if a.binary else exitrd_binary(Path(d), stages.find_deb())
         p = planner_figures(binary, a.runs)
     print(json.dumps(p, indent=1))
     print(planner_md(p))
@@ -702,11 +704,11 @@ def cmd_recompute(a) -> int:
     """Figures again from the serial logs of a run (no VM); the check boots' verdicts kept."""
     path = Path(a.results)
     res = json.loads(path.read_text())
-    s = vm.pick(SCENARIO, res["release"])
+    s = scenarios.pick(SCENARIO, res["release"])
     for st in SETUPS:
         for i, old in enumerate(res["runs"][st]):
             rundir = Path(old["rundir"])
-            tb = vm.Boot("test", rundir / "test.serial.log", 0.0, False, 0, 0)
+            tb = qemu.Boot("test", rundir / "test.serial.log", 0.0, False, 0, 0)
             new = figures(s, tb, None, "", old["next_boot"])
             new["rundir"] = old["rundir"]
             res["runs"][st][i] = new
@@ -723,12 +725,12 @@ def cmd_collect(a) -> int:
     base = Path(a.base) if a.base else tops[0] / "results.json"
     res = json.loads(base.read_text())
     res["runs"] = {st: [] for st in SETUPS}
-    s = vm.pick(SCENARIO, res["release"])
+    s = scenarios.pick(SCENARIO, res["release"])
     for top in tops:
         for st in SETUPS:
             for fj in sorted(top.glob(f"{st}-*/figures.json")):
                 old = json.loads(fj.read_text())
-                tb = vm.Boot("test", fj.parent / "test.serial.log", 0.0, False, 0, 0)
+                tb = qemu.Boot("test", fj.parent / "test.serial.log", 0.0, False, 0, 0)
                 new = figures(s, tb, None, "", old["next_boot"])
                 new["rundir"] = str(fj.parent)
                 res["runs"][st].append(new)
@@ -755,7 +757,8 @@ def cmd_render(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python3 -m tests.bench.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="boot the three setups and write the results")
     p.add_argument("--reps", type=int, default=3)

@@ -1,0 +1,1 @@
+"""exitrd's tests that are Python: the VM harness (tests.vm) and the benchmarks (tests.bench)."""

@@ -1,0 +1,1 @@
+"""Benchmarks: exitrd side by side with dracut and stock Debian (see tests/bench/README.md)."""

@@ -1,0 +1,183 @@
+"""What a run asserts, as a list of named Checks: on the test boot with the package, on
+the check boot after it, and on a control run (without the package), which must fail the
+checks its scenario names in control_fails."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from .common import indent, tail
+from .logs import (find_line, harness_lines, has_line, inventory, messages, shutdown_excerpt,
+                   shutdown_seconds, stamped)
+from .qemu import Boot
+from .scenarios import GAVE_UP, SWITCH_LINES, UNABLE_FINALIZE, Rx, Scenario, pinned
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+    info: bool = False   # shown, not asserted (a package check seen on a control)
+
+
+def require_harness_ok(b: Boot, what: str) -> None:
+    text = b.text
+    if b.timed_out:
+        raise SystemExit(f"{what}: VM did not power off within {b.timeout} s; "
+                         f"serial log {b.log_path}\n{indent(tail(text, 60))}")
+    if "run.sh exit=0" not in harness_lines(text):
+        raise SystemExit(f"{what}: the guest script failed; serial log {b.log_path}\n"
+                         + indent("\n".join(harness_lines(text)[-60:]) or tail(text, 60)))
+
+
+def script_exit(b: Boot) -> str | None:
+    """The test boot's own script's exit status, as the harness logged it."""
+    for l in harness_lines(b.text):
+        if l.startswith("run.sh exit="):
+            return l[len("run.sh exit="):]
+    return None
+
+
+def checks_test_boot(s: Scenario, b: Boot) -> list[Check]:
+    text = b.text
+    msgs = messages(text)
+    excerpt = shutdown_excerpt(text)
+    c = []
+    ended = not b.timed_out and has_line(msgs, s.final_line)
+    c.append(Check(f"VM ended by itself with '{s.final_line}'", ended, b.why_not_off()))
+    rc = script_exit(b)
+    c.append(Check("test boot script exited 0", rc == "0", f"run.sh exit={rc}"))
+    c.append(Check("marker written", has_line(msgs, "harness: marker written"), "absent"))
+    if s.max_shutdown is not None:
+        secs = shutdown_seconds(text, s.final_line)
+        c.append(Check(f"shutdown within {s.max_shutdown:.0f} s", secs is not None
+                       and secs <= s.max_shutdown, f"took {secs} s"))
+    if s.pivot:
+        missing = [l for l in pinned(SWITCH_LINES, s.release) if not has_line(msgs, l)]
+        c.append(Check("systemd switched into the exitrd", not missing, f"missing: {missing}"))
+    inv = inventory(text)
+    if not s.inventory:
+        pass
+    elif inv is None:
+        c.append(Check("exitrd inventory line", False, "no 'exitrd: inventory:' line"))
+    else:
+        closed, by_kernel, left = inv
+        if s.closed_by_exitrd:
+            absent = [n for n in s.closed_by_exitrd if n not in closed]
+            c.append(Check(f"exitrd closed {', '.join(s.closed_by_exitrd)} itself", not absent,
+                           f"closed by exitrd: {closed}; by the kernel: {by_kernel}; "
+                           f"not by exitrd: {absent}"))
+        if s.closed:
+            absent = [n for n in s.closed if n not in closed + by_kernel]
+            c.append(Check(f"closed (by exitrd or the kernel): {', '.join(s.closed)}",
+                           not absent, f"closed: {closed}; by the kernel: {by_kernel}; "
+                           f"not closed: {absent}"))
+        if s.left:
+            missing = [n for n in s.left if n not in left]
+            c.append(Check(f"exitrd left {', '.join(s.left)}", not missing, f"left: {left}"))
+        else:
+            c.append(Check("exitrd left none", left == "none", f"left: {left}"))
+    for l in s.kernel_lines:
+        c.append(Check(f"kernel logged '{l}'", has_line(msgs, l), "absent"))
+    if s.pivot:
+        gave_up = [m for m in msgs if GAVE_UP.fullmatch(m)]
+        c.append(Check("systemd did not give up ('Unable/Failed to finalize')", not gave_up,
+                       f"present: {gave_up}"))
+    for l in s.expect:
+        c.append(Check(f"log has '{l}'", has_line(msgs, l), "absent"))
+    for l in s.forbid:
+        c.append(Check(f"log lacks '{l}'", not has_line(msgs, l), "present"))
+    if s.expect_one_path:
+        taken = [i for i, p in enumerate(s.expect_one_path) if all(has_line(msgs, l) for l in p)]
+        paths = " | ".join(" + ".join(f"'{l}'" for l in p) for p in s.expect_one_path)
+        c.append(Check(f"log shows one path of: {paths}", len(taken) == 1,
+                       "none complete" if not taken else f"several complete: {taken}"))
+        if taken:
+            c.append(Check(f"path taken: {chr(ord('a') + taken[0])}", True))
+    if s.expect_order:
+        pos, missing = 0, None
+        for pat in s.expect_order:
+            i = find_line(msgs, pat, pos)
+            if i is None:
+                missing = pat
+                break
+            pos = i + 1
+        c.append(Check("in order: " + " < ".join(f"'{p}'" for p in s.expect_order),
+                       missing is None, f"no '{missing}' after the ones before it"))
+    for x in c:
+        if not x.ok:
+            x.detail += f"\n  shutdown part of {b.log_path}:\n" + indent(excerpt)
+            break
+    return c
+
+
+def checks_check_boot(s: Scenario, b: Boot, token: str) -> list[Check]:
+    """What the next boot finds. The marker, the arrays' sync state and fsck tell whether
+    the data survived; they pass after stock Debian's shutdown too (systemd remounts /
+    read-only and syncs, MD marks an idle array clean by itself), so they are named for
+    what they measure. check_expect holds the ones that tell a clean close from an
+    unclean one (dm-cache's dirty blocks, ZFS labels)."""
+    text = b.text
+    hl = harness_lines(text)
+    c = [Check("check boot powered off", b.powered_off, b.why_not_off())]
+    marker = next((l[len("marker="):] for l in hl if l.startswith("marker=")), None)
+    c.append(Check("data intact: marker survived", marker == token,
+                   f"marker={marker!r}, token={token!r}"))
+    if s.check_md:
+        md = [l for l in hl if l.startswith("mdstat ")]
+        busy = [l for l in md if re.search(r"resync|recover|reshape|check", l)]
+        c.append(Check("data intact: md arrays idle (no resync/recovery)", bool(md) and not busy,
+                       "\n" + indent("\n".join(md) or "no mdstat lines")))
+        unclean = [msg for _, msg in stamped(text) if "not clean -- starting background" in msg]
+        c.append(Check("data intact: md not marked unclean at assembly", not unclean,
+                       "; ".join(unclean)))
+    msgs = messages(text)
+    for l in s.check_expect:
+        c.append(Check(f"check boot log has '{l}'", has_line(msgs, l), "absent"))
+    fsck = [l[len("fsck "):] for l in hl if l.startswith("fsck ")]
+    if fsck:
+        clean = any(re.search(r": clean, \d+/\d+ files", l) for l in fsck)
+        dirty = [l for l in fsck if re.search(r"recovering journal|was not cleanly unmounted", l)]
+        c.append(Check("data intact: root fs clean at next boot (initramfs fsck)",
+                       clean and not dirty, "\n" + indent("\n".join(fsck))))
+    for x in c:
+        if not x.ok:
+            x.detail += f"\n  harness lines of {b.log_path}:\n" + indent("\n".join(hl[-30:]))
+            break
+    return c
+
+
+def checks_control(s: Scenario, b: Boot, cb: Boot | None, token: str) -> list[Check]:
+    """The control runs every check of the package run on its own boots. It passes when
+    the facts of a shutdown without exitrd hold (systemd never switched, gave up on the
+    storage; its own script ran fine) and every check named in `control_fails` FAILS
+    here, while the package run needs it to pass: proof that the check can fail. The
+    other package checks are shown for information."""
+    msgs = messages(b.text)
+    unable = (Rx(s.control_gave_up) if s.control_gave_up else pinned(UNABLE_FINALIZE, s.release))
+    switch = pinned(SWITCH_LINES, s.release)
+    rc = script_exit(b)
+    c = [Check("VM powered off by itself", b.powered_off, b.why_not_off()),
+         Check("test boot script exited 0", rc == "0", f"run.sh exit={rc}"),
+         Check("no switch into an exitrd", not any(has_line(msgs, l) for l in switch),
+               "switched"),
+         Check(f"systemd gave up: '{unable}'", has_line(msgs, unable), "absent")]
+    if cb is not None:
+        cmsgs = messages(cb.text)
+        c.append(Check("check boot powered off", cb.powered_off, cb.why_not_off()))
+        for l in s.control_check_expect:
+            c.append(Check(f"check boot log has '{l}'", has_line(cmsgs, l), "absent"))
+    pkg = checks_test_boot(s, b) + (checks_check_boot(s, cb, token) if cb is not None else [])
+    if not s.control_fails:
+        c.append(Check("the scenario names the checks its control must fail", False,
+                       "control_fails is empty"))
+    for name in s.control_fails:
+        found = [x for x in pkg if x.name.startswith(name)]
+        c.append(Check(f"fails without the package: {name}", bool(found) and not any(
+            x.ok for x in found), "no such check" if not found else "it passed"))
+    named = {x.name for x in pkg if any(x.name.startswith(n) for n in s.control_fails)}
+    c += [dataclasses.replace(x, info=True, detail=x.detail.split("\n")[0])
+          for x in pkg if x.name not in named]
+    return c

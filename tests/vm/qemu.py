@@ -1,0 +1,320 @@
+"""Booting guests: qemu (TCG) command lines, VM slots shared by concurrent harness runs,
+the CPU time a guest used, network roots served over NBD, a boot repeated once when the
+emulator broke the guest, and the disks a boot gets (overlays, the HARNESS disk)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from . import common
+from .common import CACHE, guest_text, indent, run, say, stat
+from .logs import clean_log
+from .scenarios import POWER_DOWN
+
+QEMU = "qemu-system-x86_64"
+# vCPUs per guest. The suite boots EXITRD_VM_SLOTS guests at a time (default: one per
+# host core), each with one vCPU, so vCPUs never outnumber cores (a TCG guest's clock runs
+# in real time: an overcrowded host fires guest timeouts for nothing). A single boot
+# (`run`, one slot) gets two.
+VM_CPUS = int(os.environ.get("EXITRD_VM_CPUS", "0"))
+QEMU_BASE = [
+    QEMU, "-accel", "tcg,thread=multi", "-cpu", "max,erms=off", "-m", "1024",
+    "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
+    "-nic", "none",
+]
+CMDLINE_BASE = "console=ttyS0 printk.devkmsg=on panic=-1"
+
+
+@dataclasses.dataclass
+class Boot:
+    """What a boot left: its serial log, how it ended, its wall and qemu CPU time."""
+    name: str
+    log_path: Path
+    wall: float
+    timed_out: bool
+    timeout: int
+    returncode: int | None
+    cpu: float = 0.0        # qemu's CPU time (user + system), s
+    repeated: str = ""      # the emulator fault that cost an earlier attempt, if any
+
+    @property
+    def text(self) -> str:
+        return clean_log(self.log_path.read_bytes().decode("utf-8", "replace"))
+
+    @property
+    def powered_off(self) -> bool:
+        return not self.timed_out and POWER_DOWN in self.text
+
+    def why_not_off(self) -> str:
+        if self.timed_out:
+            return f"VM did not power off within {self.timeout} s"
+        err = self.log_path.with_name(f"{self.name}.qemu-stderr")
+        err_text = err.read_text(errors="replace").strip() if err.exists() else ""
+        why = f"no '{POWER_DOWN}' in the log (qemu exit code {self.returncode})"
+        if "Kernel panic" in self.text:
+            why += "; the kernel panicked"
+        return why + (f"; qemu said:\n{indent(err_text)}" if err_text else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class BootSpec:
+    """One boot, whatever its drives: boot_fresh(), boot() and boot_now() take it. The
+    files of the boot are rundir/NAME.* (serial.log, qemu-cmd, qemu-stderr)."""
+    name: str
+    rundir: Path
+    kernel: Path
+    initrd: Path
+    append: str              # kernel command line (CMDLINE_BASE is added)
+    timeout: int             # s; then qemu is killed
+    nbd: Nbd | None = None   # set: the first drive is served over NBD (network root)
+    fmt: str = "qcow2"       # format of the drives not named *.img or *.raw
+
+
+# TCG guests run their clocks in real time: crowd the host's cores with vCPUs and guest
+# timeouts (systemd's, exitrd's own deadline) fire for nothing. Boots from concurrent
+# harness invocations take one of EXITRD_VM_SLOTS (default: the core count) slots.
+VM_SLOTS = int(os.environ.get("EXITRD_VM_SLOTS", str(os.cpu_count() or 1)))
+PARALLEL = False   # set by runner.suite when it boots several guests at a time
+
+
+def vm_cpus() -> int:
+    return VM_CPUS or (1 if PARALLEL else 2)
+
+
+@contextlib.contextmanager
+def vm_slot(name: str):
+    CACHE.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for i in range(max(1, VM_SLOTS)):
+            f = open(CACHE / f".vm-slot-{i}.lock", "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            try:
+                yield
+            finally:
+                f.close()
+            return
+        if not waited:
+            say(f"boot {name}: waiting for one of {VM_SLOTS} VM slots (other harness runs)")
+            waited = True
+        time.sleep(2)
+
+
+def boot(spec: BootSpec, drives: list[Path]) -> Boot:
+    with vm_slot(spec.name):
+        if spec.nbd is None:
+            return boot_now(spec, drives)
+        # The first drive is served over the network instead of being attached.
+        with nbd_export(drives[0], spec.rundir, spec.name, spec.nbd) as (net, extra):
+            return boot_now(dataclasses.replace(spec, append=f"{spec.append} {extra}"),
+                            drives[1:], net)
+
+
+# Network roots (Scenario.nbd_root): qemu-nbd serves the image on 127.0.0.1 only, at a
+# free port; the guest's user-mode network is restricted (no route to any real network)
+# and has one forward: connections to NBD_GUEST_ADDR:NBD_GUEST_PORT start a socat on the
+# host that relays them to that port. The initramfs (nbd-client's local-top script)
+# connects with nbdroot= after ip=dhcp (qemu's built-in DHCP server).
+NBD_GUEST_ADDR = "10.0.2.100"
+NBD_GUEST_PORT = 10809
+NBD_EXPORT = "root"
+
+
+@dataclasses.dataclass(frozen=True)
+class Nbd:
+    stop_on: str | None = None   # stop answering once the serial log shows this line
+
+
+@contextlib.contextmanager
+def nbd_export(image: Path, rundir: Path, name: str, nbd: Nbd):
+    """Serve `image` over NBD for one boot; yields (qemu network args, kernel args)."""
+    import socket
+    import threading
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fmt = "raw" if image.suffix in (".img", ".raw") else "qcow2"
+    log = open(rundir / f"{name}.qemu-nbd.log", "wb")
+    srv = subprocess.Popen(["qemu-nbd", "--bind", "127.0.0.1", "--port", str(port),
+                            "--export-name", NBD_EXPORT, "--format", fmt, "--persistent",
+                            "--shared", "4", "--cache", "unsafe", str(image)],
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    t0 = time.monotonic()
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if srv.poll() is not None or time.monotonic() - t0 > 20:
+                srv.kill()
+                log.close()
+                raise SystemExit(f"qemu-nbd for {image} did not start; see {log.name}")
+            time.sleep(0.2)
+    say(f"boot {name}: {image.name} served over NBD on 127.0.0.1:{port}")
+    stop = threading.Event()
+
+    def watch() -> None:
+        serial = rundir / f"{name}.serial.log"
+        while not stop.wait(0.3):
+            try:
+                text = serial.read_bytes().decode("utf-8", "replace")
+            except OSError:
+                continue
+            if nbd.stop_on in text:
+                # Frozen, not killed: no FIN reaches the guest, its requests stay in
+                # flight unanswered, as with a server that lost power or a cut cable.
+                srv.send_signal(signal.SIGSTOP)
+                msg = f"host: froze the NBD server (SIGSTOP) at {nbd.stop_on!r}"
+                (rundir / f"{name}.nbd-stopped").write_text(f"{time.time():.3f}\n")
+                say(f"boot {name}: {msg}")
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True) if nbd.stop_on else None
+    if watcher:
+        watcher.start()
+    net = ["-nic", f"user,model=virtio-net-pci,restrict=on,guestfwd=tcp:{NBD_GUEST_ADDR}:"
+           f"{NBD_GUEST_PORT}-cmd:socat -lf /dev/null - TCP:127.0.0.1:{port}"]
+    extra = (f"nbdroot={NBD_GUEST_ADDR}:{NBD_GUEST_PORT}/{NBD_EXPORT} ip=dhcp")
+    try:
+        yield net, extra
+    finally:
+        stop.set()
+        if watcher:
+            watcher.join()
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+        log.close()
+
+
+def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -> Boot:
+    name, rundir, timeout = spec.name, spec.rundir, spec.timeout
+    log_path = rundir / f"{name}.serial.log"
+    base = list(QEMU_BASE) + ["-smp", str(vm_cpus())]
+    if net is not None:
+        i = base.index("-nic")
+        base[i:i + 2] = net   # in place of "-nic none"
+    cmd = base + [
+        "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
+        "-append", f"{spec.append} {CMDLINE_BASE}",
+        "-serial", f"file:{log_path}",
+    ]
+    for d in drives:
+        f = "raw" if d.suffix in (".img", ".raw") else spec.fmt
+        cmd += ["-drive", f"file={d},if=virtio,format={f},cache=unsafe,discard=unmap"]
+    (rundir / f"{name}.qemu-cmd").write_text(" ".join(cmd) + "\n")
+    say(f"boot {name}: {log_path} (limit {timeout} s)")
+    t0 = time.monotonic()
+    with open(rundir / f"{name}.qemu-stderr", "wb") as err:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        timed_out, status, cpu = False, None, 0.0
+        while status is None:
+            # wait4, not wait: it also gives the child's CPU time, which tells how much of
+            # the host the guest used (a parallel suite's throughput depends on it).
+            pid, st, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                status, cpu = st, ru.ru_utime + ru.ru_stime
+                p.returncode = os.waitstatus_to_exitcode(st)
+            elif time.monotonic() - t0 > timeout and not timed_out:
+                timed_out = True
+                p.kill()
+            else:
+                time.sleep(0.2)
+    b = Boot(name, log_path, time.monotonic() - t0, timed_out, timeout, p.returncode, cpu)
+    log_path.touch()
+    state = f"VM did not power off within {timeout} s" if timed_out else "exited"
+    say(f"boot {name}: {state} after {b.wall:.0f} s (qemu CPU {cpu:.0f} s, {vm_cpus()} vCPU)")
+    return b
+
+
+# Multi-threaded TCG does not always drop translated code when the guest kernel patches
+# its own text (static keys via text_poke_bp): a vCPU then runs a stale int3 and the
+# kernel oopses. CI lost a boot to it once (devcgroup_check_permission, 17.8 s into boot,
+# before any exitrd code ran). Such a boot says nothing about exitrd, so it is repeated,
+# once, on fresh disks, and the lost boot is kept and reported.
+EMULATOR_FAULTS = ("Oops: int3", "kernel BUG at arch/x86/kernel/alternative.c")
+
+
+def emulator_fault(text: str) -> str | None:
+    return next((f for f in EMULATOR_FAULTS if f in text), None)
+
+
+def boot_fresh(spec: BootSpec, setup) -> Boot:
+    """boot() on the drives setup() makes; once more when the emulator broke the guest.
+    The repeat is recorded in the Boot (`repeated`) and shown as such in every summary."""
+    name, repeated = spec.name, ""
+    for attempt in (1, 2):
+        b = boot(spec, setup())
+        fault = emulator_fault(b.text)
+        if fault is None or attempt == 2:
+            if attempt == 2:
+                b.repeated = repeated
+            return b
+        lost = b.log_path.with_name(f"{name}.emulator-fault.serial.log")
+        b.log_path.rename(lost)
+        repeated = f"{fault!r} after {b.wall:.0f} s, log {lost.name}"
+        say(f"boot {name}: the guest kernel hit a TCG emulation fault ({fault!r}; log {lost}); "
+            "booting again on fresh disks")
+        label = getattr(common.CONTEXT, "label", "")
+        stat(f"{label} {name}: boot lost to a TCG emulation fault, REPEATED", b.wall)
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- disks
+
+def make_harness_disk(path: Path, files: dict[str, Path | str | bytes], env: dict[str, str],
+                      size: str = "300M") -> None:
+    """An ext4 image labelled HARNESS holding run.sh, lib.sh, env and other inputs."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as d:
+        root = Path(d)
+        (root / "lib.sh").write_text(guest_text("lib.sh"))
+        for name, src in files.items():
+            dst = root / name
+            if isinstance(src, Path):
+                shutil.copyfile(src, dst)
+            elif isinstance(src, bytes):
+                dst.write_bytes(src)
+            else:
+                dst.write_text(src)
+        lines = []
+        for k, v in env.items():
+            if not re.fullmatch(r"[A-Za-z0-9_./ :=,+-]*", v):
+                raise ValueError(f"unsafe env value for {k}: {v!r}")
+            lines.append(f"{k}='{v}'\n")
+        (root / "env").write_text("".join(lines))
+        (root / "out").mkdir()
+        path.unlink(missing_ok=True)
+        run(["mkfs.ext4", "-q", "-F", "-L", "HARNESS", "-d", root, path, size],
+            stdout=subprocess.DEVNULL)
+
+
+def debugfs_dump(image: Path, src: str, dst: Path, rdump: bool = False) -> bool:
+    if rdump:
+        dst.mkdir(parents=True, exist_ok=True)
+        cmd = f"rdump {src} {dst}"
+    else:
+        cmd = f"dump {src} {dst}"
+    r = run(["debugfs", "-R", cmd, image], capture_output=True, text=True, check=False)
+    ok = dst.exists() and (rdump or dst.stat().st_size > 0)
+    if not ok:
+        say(f"debugfs {cmd!r} on {image} failed: {r.stderr.strip()}")
+    return ok
+
+
+def overlay(base: Path, dst: Path, base_fmt: str = "qcow2") -> Path:
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_fmt, "-b", base.resolve(), dst])
+    return dst

@@ -1,0 +1,228 @@
+"""A test run: one scenario (with the package, or its control without it) booted on fresh
+overlays of its stages, the logs evaluated into checks, the result reported; and the
+suite, every scenario and its control run in parallel threads (one VM slot each)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from . import common, qemu
+from .checks import Check, checks_check_boot, checks_control, checks_test_boot
+from .common import CACHE, guest_text, indent, say, stat
+from .logs import harness_lines, shutdown_seconds, stamped
+from .qemu import Boot, BootSpec, boot_fresh, debugfs_dump, make_harness_disk, overlay
+from .scenarios import TIMEOUT_CHECK, Scenario
+from .stages import find_deb, nbd_of, stack_base, stack_name, stack_pkg
+
+
+# --------------------------------------------------------------------------- a test run
+
+@dataclasses.dataclass
+class Result:
+    label: str
+    passed: bool
+    checks: list[Check]
+    rundir: Path
+    test: Boot | None = None
+    check: Boot | None = None
+    error: str = ""
+    wall: float = 0.0    # the whole scenario, stages it had to build included
+
+    @property
+    def repeats(self) -> list[str]:
+        return [f"{b.name} boot repeated ({b.repeated})" for b in (self.test, self.check)
+                if b is not None and b.repeated]
+
+
+def run_scenario(s: Scenario, control: bool, capture: Path | None = None,
+                 show_log: bool = False, keep: bool = False) -> Result:
+    label = f"{s.ident}{' (control)' if control else ''}"
+    common.CONTEXT.label = label
+    t0 = time.monotonic()
+    try:
+        r = run_scenario_now(s, control, label, capture, show_log, keep)
+    except Exception as e:  # a harness bug fails this scenario, not the whole suite
+        r = Result(label, False, [], CACHE / "runs", error=f"{type(e).__name__}: {e}")
+        report(r)
+    finally:
+        common.CONTEXT.label = ""
+    r.wall = time.monotonic() - t0
+    return r
+
+
+def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | None,
+                     show_log: bool, keep: bool) -> Result:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    rundir = CACHE / "runs" / f"{stamp}-{s.name}-{s.release}{'-control' if control else ''}"
+    rundir.mkdir(parents=True, exist_ok=True)
+    try:
+        base = stack_base(s)
+        if control or s.media == "base+deb":
+            src, initrd = base, base / "initrd-plain.img"
+        elif s.media == "pkg-plain":
+            src, initrd = stack_pkg(s, find_deb()), base / "initrd-plain.img"
+        else:
+            src = stack_pkg(s, find_deb())
+            initrd = src / "initrd-exitrd.img"
+    except SystemExit as e:
+        r = Result(label, False, [], rundir, error=str(e))
+        report(r)
+        return r
+    say(f"{label}: run folder {rundir}")
+    token = secrets.token_hex(16)
+    (rundir / "run.json").write_text(json.dumps(
+        {"scenario": s.name, "release": s.release, "control": control, "token": token}) + "\n")
+
+    hd = rundir / "harness-test.img"
+    files = {"run.sh": guest_text("test.sh"), "shutdown-diag.sh": guest_text("shutdown-diag.sh")}
+    if s.test_extra:
+        files["extra.sh"] = guest_text(s.test_extra)
+    if s.media == "base+deb" and not control:
+        files["exitrd.deb"] = find_deb()
+    disks: list[Path] = []
+
+    def setup_test() -> list[Path]:
+        disks[:] = [overlay(d, rundir / d.name) for d in sorted(src.glob("disk*.qcow2"))]
+        make_harness_disk(hd, files, {"TOKEN": token, "CAPTURE": "1" if capture else "0",
+                                      "CONTROL": "1" if control else "0"})
+        return disks + [hd]
+
+    tb = boot_fresh(BootSpec("test", rundir, base / "vmlinuz", initrd,
+                             f"root={s.root} ro {s.append}".strip(), s.timeout_test,
+                             nbd_of(s, test=True, control=control)), setup_test)
+    stat(f"{label}: test boot", tb.wall)
+    if capture and tb.powered_off:
+        tmpcap = rundir / "fixture"
+        if debugfs_dump(hd, "/out/fixture", tmpcap, rdump=True):
+            capture.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(tmpcap / "fixture", capture, dirs_exist_ok=True)
+            say(f"fixture copied to {capture}")
+
+    cb = None
+    # A control boots the same check boot as the package run: it runs the same checks.
+    if s.check_boot:
+        hc = rundir / "harness-check.img"
+
+        def setup_check() -> list[Path]:
+            # On top of the test boot's disks, so a repeated check boot finds them as the
+            # test boot left them.
+            upper = [overlay(d, d.with_name(f"check-{d.name}")) for d in disks]
+            make_harness_disk(hc, {"run.sh": guest_text(s.check_extra or "check.sh"),
+                                   "check.sh": guest_text("check.sh")}, {})
+            return upper + [hc]
+
+        cb = boot_fresh(BootSpec("check", rundir, base / "vmlinuz", initrd,
+                                 f"root={s.root} ro init=/usr/local/sbin/exitrd-harness",
+                                 TIMEOUT_CHECK, nbd_of(s)), setup_check)
+        stat(f"{label}: check boot", cb.wall)
+
+    try:
+        res = evaluate(s, control, label, rundir, tb, cb, token)
+    except Exception as e:  # a harness bug fails this scenario, not the whole suite
+        res = Result(label, False, [], rundir, tb, cb,
+                     error=f"evaluating the logs failed: {type(e).__name__}: {e}")
+    report(res, show_log)
+    if not keep:
+        for d in disks:
+            d.with_name(f"check-{d.name}").unlink(missing_ok=True)
+            d.unlink(missing_ok=True)
+    return res
+
+
+def evaluate(s: Scenario, control: bool, label: str, rundir: Path, tb: Boot, cb: Boot,
+             token: str) -> Result:
+    if control:
+        checks = checks_control(s, tb, cb, token)
+    else:
+        checks = checks_test_boot(s, tb) + (checks_check_boot(s, cb, token) if cb else [])
+    return Result(label, all(c.ok or c.info for c in checks), checks, rundir, tb, cb)
+
+
+def report(r: Result, show_log: bool = False) -> None:
+    out = [f"\n== {r.label}: {'PASS' if r.passed else 'FAIL'}"
+           + (f" (REPEATED: {'; '.join(r.repeats)})" if r.repeats else "")]
+    if r.error:
+        out.append(f"   error: {r.error}")
+    for c in r.checks:
+        if c.info:
+            out.append(f"   (info: {'passes' if c.ok else 'fails'} here too) {c.name}")
+        else:
+            out.append(f"   [{'ok' if c.ok else 'FAIL'}] {c.name}"
+                       + ("" if c.ok else f": {c.detail}"))
+    for b in (r.test, r.check):
+        if b is None:
+            continue
+        secs = shutdown_seconds(b.text)
+        fig = f"; shutdown {secs:.2f} s (sync -> power down)" if secs is not None else ""
+        wall = f"wall {b.wall:.0f} s" if b.wall else "wall n/a"
+        out.append(f"   {b.name} boot: {wall}{fig}; log {b.log_path}")
+        notes = sorted({m for ts, m in stamped(b.text) if ts is not None and "exitrd: could not" in m})
+        out += [f"   note: {n}" for n in notes]
+        # A guest script's figures ("harness: figure ...").
+        out += [f"   {l}" for l in harness_lines(b.text) if l.startswith("figure ")]
+        if show_log:
+            out.append(indent(b.text))
+    with common.PRINT_LOCK:
+        print("\n".join(out) + "\n", flush=True)
+
+
+def print_stats(total: float) -> None:
+    print("timings:")
+    for what, secs in common.STATS:
+        print(f"  {secs:7.0f} s  {what}")
+    print(f"  {total:7.0f} s  total wall time")
+
+
+# --------------------------------------------------------------------------- the suite
+
+# Cold, a stack's first scenario builds its stages (debootstrap, installer boot, package
+# boot): minutes, most for bookworm. The suite starts those first, longest first, so the
+# slow chains overlap, and every other run after them (estimates of a cold build, s).
+COLD_COST = {"lvm-luks-md@bookworm": 1500, "lvm-cache-thin@trixie": 700,
+             "nbd-root@trixie": 650, "lvm-luks-md@trixie": 450, "live@trixie": 300}
+
+
+def suite_order(chosen: list[Scenario]) -> list[tuple[Scenario, bool]]:
+    jobs = [(s, c) for s in chosen for c in ((False, True) if s.control else (False,))]
+    first: dict[tuple[str, str], tuple[Scenario, bool]] = {}
+    for s, c in jobs:
+        first.setdefault((stack_name(s), s.release), (s, c))
+    leaders = sorted(first.values(), key=lambda j: -COLD_COST.get(j[0].ident, 0))
+    return leaders + [j for j in jobs if j not in leaders]
+
+
+def suite(chosen: list[Scenario], keep: bool = False) -> int:
+    """Run the chosen scenarios, each with its control, several at a time; print a summary."""
+    t0 = time.monotonic()
+    jobs = suite_order(chosen)
+    if any(not s.live for s, _ in jobs):
+        find_deb()   # once, before the threads need it
+    # One thread more than there are VM slots: a thread waiting for a stage that another
+    # one builds (a cache lock) holds no slot, so the slots stay busy.
+    threads = max(1, min(len(jobs), qemu.VM_SLOTS + 1))
+    qemu.PARALLEL = qemu.VM_SLOTS > 1
+    say(f"suite: {len(jobs)} runs, {threads} at a time in {qemu.VM_SLOTS} VM slots, "
+        f"{qemu.vm_cpus()} vCPU per guest")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = {j: pool.submit(run_scenario, j[0], j[1], keep=keep) for j in jobs}
+        by_job = {j: f.result() for j, f in futures.items()}
+    # Declaration order in the summary, whatever order they ran in.
+    results = [by_job[(s, c)] for s in chosen for c in ((False, True) if s.control else (False,))]
+    print("\nsuite results (each run's wall time includes the stages it built):")
+    for r in results:
+        extra = f" ({r.error.splitlines()[0]})" if r.error else ""
+        rep_ = f"  REPEATED: {'; '.join(r.repeats)}" if r.repeats else ""
+        print(f"  {'PASS' if r.passed else 'FAIL'}  {r.wall:6.0f} s  {r.label}{extra}{rep_}")
+    print_stats(time.monotonic() - t0)
+    npass = sum(r.passed for r in results)
+    nrep = sum(bool(r.repeats) for r in results)
+    print(f"{npass} passed, {len(results) - npass} failed"
+          + (f"; {nrep} passed only on a repeated boot (emulator fault)" if nrep else ""))
+    return 0 if npass == len(results) else 1

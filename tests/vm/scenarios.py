@@ -1,0 +1,415 @@
+"""The scenarios: one Scenario per storage stack and release, declared with scenario() at the
+end of this file, and the log lines they are checked against (pinned per release).
+
+Log expectations are whole lines: a plain string is literal text in which '*' stands for any
+run of characters; an Rx is a regular expression (see logs.line_pattern)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+# Log lines pinned from real serial logs: trixie (systemd 257, kernel 6.12) and bookworm
+# (systemd 252, kernel 6.1). Expectations match whole lines (see logs.line_pattern: '*'
+# is any text, Rx a regex). The None entries serve releases not pinned yet.
+SYNC_LINE = "Syncing filesystems and block devices"
+POWER_DOWN = "reboot: Power down"
+SWITCH_LINES = {
+    "trixie": ("systemd-shutdown[1]: Successfully changed into root pivot.",
+               "systemd-shutdown[1]: Entering exitrd..."),
+    "bookworm": ("systemd-shutdown[1]: Successfully changed into root pivot.",
+                 "systemd-shutdown[1]: Returning to initrd..."),
+    None: ("systemd-shutdown[1]: Successfully changed into root pivot.",),
+}
+
+
+class Rx(str):
+    """A regular expression for one whole log line (the message after the timestamp)."""
+
+
+# systemd's last word when it could not take the stack down (and did not switch):
+# "...remaining DM devices, MD devices, ignoring." on a clean stack; "file systems, " is
+# added when even the root could not be made read-only.
+UNABLE_FINALIZE = {
+    "trixie": Rx(r"systemd-shutdown\[1\]: Unable to finalize remaining (file systems, )?"
+                 r"DM devices, MD devices, ignoring\."),
+    "bookworm": Rx(r"systemd-shutdown\[1\]: Failed to finalize (file systems, )?"
+                   r"DM devices, MD devices, ignoring\."),
+    None: Rx(r"systemd-shutdown\[1\]: .*finalize.*"),
+}
+GAVE_UP = re.compile(r"systemd-shutdown\[1\]: (Unable to finalize remaining|Failed to finalize) .*")
+
+
+def pinned(table: dict, release: str):
+    return table.get(release, table[None])
+
+
+# Boot time limits (s).
+TIMEOUT_INSTALL = int(os.environ.get("EXITRD_VM_TIMEOUT_INSTALL", "1500"))
+TIMEOUT_TEST = int(os.environ.get("EXITRD_VM_TIMEOUT_TEST", "420"))
+TIMEOUT_CHECK = int(os.environ.get("EXITRD_VM_TIMEOUT_CHECK", "300"))
+
+
+# --------------------------------------------------------------------------- Scenario
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One storage stack. Add a scenario by adding one of these to SCENARIOS.
+
+    Log expectations (kernel_lines, expect, forbid, expect_order, expect_one_path,
+    check_expect, control_check_expect) are whole lines: see logs.line_pattern."""
+
+    name: str
+    installer: str                       # guest/<installer> builds the stack
+    disks: tuple[str, ...]               # sizes of the blank stack disks (qemu-img)
+    root: str                            # root= for booting the stack
+    closed: tuple[str, ...]              # devices that must be gone at the inventory,
+                                         # closed by exitrd or removed by the kernel
+    # ... of which exitrd's own step must have closed these (its ioctl did the work; not
+    # the kernel's deferred removal or loop autoclear).
+    closed_by_exitrd: tuple[str, ...] = ()
+    # The checks (names, or the start of names) that pass with the package and must FAIL
+    # in the control: the proof that the scenario's checks can fail.
+    control_fails: tuple[str, ...] = ()
+    kernel_lines: tuple[str, ...] = ()   # kernel lines expected at a clean shutdown
+    release: str = "trixie"
+    extra_packages: tuple[str, ...] = ()
+    # Installed natively on the host in a chroot copy of the rootfs (contrib enabled, with
+    # linux-headers for its kernel): DKMS modules such as zfs-dkms, whose build under TCG
+    # would take far too long. A stage of its own, cached by these inputs.
+    native_packages: tuple[str, ...] = ()
+    in_suite: bool = True                # False: too slow for CI; run by hand (`run`)
+    busybox_in_initramfs: bool = True    # False: BUSYBOX=n (cryptsetup-initramfs forces y)
+    # Appended to the stack's initramfs.conf. zstd -1 trims the compression step; most of
+    # update-initramfs's time under TCG is module copying for MODULES=most (~1 min on
+    # trixie, ~8 min with bookworm's initramfs-tools 0.142), so only the modules this
+    # machine's root needs go in (MODULES=dep; the test VMs are the installer's hardware).
+    initramfs_conf: tuple[str, ...] = ("COMPRESSLEVEL=1", "MODULES=dep")
+    check_md: bool = True                # the check boot reports the md arrays' state
+    timeout_test: int = TIMEOUT_TEST
+    # Fault injection and extra expectations:
+    test_extra: str | None = None        # guest/<script> run by the test boot before poweroff
+    append: str = ""                     # extra kernel command line for the test boot
+    expect: tuple[str, ...] = ()         # more lines required in the test boot's log
+    forbid: tuple[str, ...] = ()         # lines that must not appear in it
+    left: tuple[str, ...] = ()           # devices the exitrd must report as left (else none)
+    control: bool = True                 # the suite also runs it without the package
+    inventory: bool = True               # the exitrd must log its inventory line
+    pivot: bool = True                   # systemd must switch into the exitrd
+    final_line: str = POWER_DOWN         # the kernel's last word for the verb used
+    max_shutdown: float | None = None    # bound (s) on "Syncing filesystems" -> final line
+    check_boot: bool = True              # boot once more to check the marker and the disks
+    # Test boot media: "pkg" = disks with the package and the initrd with the payload;
+    # "base+deb" = disks and initrd without it, the .deb on the HARNESS disk (installed
+    # on the running system); "pkg-plain" = disks with the package, initrd without it.
+    media: str = "pkg"
+    # A live system (live-boot): no installer VM; stages.live_medium() builds the boot
+    # medium on the host with the installer script (base: without the package; pkg: with it).
+    live: bool = False
+    control_gave_up: str | None = None   # Rx of systemd giving up in the control
+    expect_order: tuple[str, ...] = ()   # lines the test boot's log has in this order
+    # Where the kernel may take either of several paths (a race the harness cannot pin
+    # down), the log must hold every line of exactly one of these; the summary names it.
+    expect_one_path: tuple[tuple[str, ...], ...] = ()
+    # The check boot runs guest/<check_extra> as run.sh (it may run check.sh itself) and
+    # its log must hold check_expect; the control's check boot must hold
+    # control_check_expect (the difference the package makes on disk).
+    check_extra: str | None = None
+    check_expect: tuple[str, ...] = ()
+    control_check_expect: tuple[str, ...] = ()
+    # Network root: disk0 is not attached to the stack's boots (pkg, test, check); the
+    # host serves it over NBD from 127.0.0.1 and the guest reaches it through user-mode
+    # networking (see qemu.nbd_export). The installer still writes it as a virtio disk.
+    nbd_root: bool = False
+    nbd_stop_on: str | None = None       # test boot: the host freezes the server at this line
+    nbd_stop_on_control: str | None = None   # ... and in the control's test boot
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}@{self.release}"
+
+
+SCENARIOS: dict[str, Scenario] = {}   # by ident, "name@release"
+
+
+def scenario(releases: tuple[str, ...] = ("trixie",), **kw) -> None:
+    """Declare a scenario on one or more releases."""
+    for r in releases:
+        s = Scenario(release=r, **kw)
+        SCENARIOS[s.ident] = s
+
+
+def pick(name: str, release: str | None) -> Scenario:
+    """NAME or NAME@RELEASE; --release runs a declared scenario on another release too."""
+    if "@" in name:
+        name, release = name.split("@", 1)
+    same = [s for s in SCENARIOS.values() if s.name == name]
+    if not same:
+        known = sorted({s.name for s in SCENARIOS.values()})
+        raise SystemExit(f"unknown scenario {name!r}; known: {', '.join(known)}")
+    exact = [s for s in same if s.release == release]
+    if exact or not release:
+        return (exact or same)[0]
+    return dataclasses.replace(same[0], release=release)
+
+
+# --------------------------------------------------------------------------- declarations
+
+# The root stack: exitrd itself stops md0 (no deferred removal for MD). On trixie,
+# systemd flags the LV and the LUKS mapping for deferred removal before the pivot, so the
+# kernel usually removes them as the root is unmounted (the inventory says which).
+LVM_LUKS_MD = dict(installer="install-lvm-luks-md.sh", disks=("4G", "4G"),
+                   root="/dev/mapper/vg0-root", closed=("vg0-root", "md0_crypt", "md0"),
+                   closed_by_exitrd=("md0",))
+MD0_STOPPED = "md: md0 stopped."
+scenario(
+    releases=("trixie", "bookworm"), name="lvm-luks-md", **LVM_LUKS_MD,
+    kernel_lines=(MD0_STOPPED,),
+    expect=("exitrd: unmounted /oldroot (ext4 on /dev/mapper/vg0-root)",
+            "exitrd: stopped MD array md0 (raid1)"),
+    control_fails=(f"kernel logged '{MD0_STOPPED}'", "closed (by exitrd or the kernel)"),
+)
+
+# A second stack, built by a system-shutdown hook after systemd's own teardown: neither
+# deferred removal nor loop autoclear applies, so exitrd's own DM_DEV_REMOVE (plain DM
+# and dm-crypt), STOP_ARRAY and LOOP_CLR_FD each have to do the work.
+scenario(
+    name="late-stack", **{**LVM_LUKS_MD,
+                          "closed_by_exitrd": ("late-top", "late_crypt", "md9", "loop0",
+                                               "loop1", "md0")},
+    test_extra="late-stack.sh",
+    kernel_lines=(MD0_STOPPED, "md: md9 stopped."),
+    expect=("harness: late stack: /run/late-mnt on late-top, late_crypt, md9, loop0 loop1",
+            "exitrd: unmounted /oldroot/run/late-mnt (ext4 on /dev/mapper/late-top)",
+            "exitrd: removed device-mapper device late-top (dm-*)",
+            "exitrd: closed dm-crypt mapping late_crypt (dm-*): key wiped from memory",
+            "exitrd: stopped MD array md9 (raid1)",
+            "exitrd: detached loop device loop0 from /run/late1.img",
+            "exitrd: detached loop device loop1 from /run/late2.img"),
+    control_fails=("exitrd closed late-top, late_crypt, md9, loop0, loop1, md0 itself",
+                   "kernel logged 'md: md9 stopped.'"),
+)
+
+# The fault matrix: each fault reaches the exitrd (systemd ends every ordinary process
+# before it switches), and the exitrd must still power off within its deadline (60 s by
+# default, plus a margin) with the marker intact on the next boot.
+FAULT_STACK = dict(**LVM_LUKS_MD, max_shutdown=75.0)
+scenario(
+    name="fault-held-root", **FAULT_STACK, kernel_lines=(MD0_STOPPED,),
+    test_extra="fault-held-root.sh",
+    expect=("exitrd:   /oldroot is held by * (@holder, spared as @) via working directory /oldroot, open file /oldroot/root/held",
+            "exitrd: sending SIGKILL to 1 process(es): *@holder*",
+            "exitrd: unmounted /oldroot (ext4 on /dev/mapper/vg0-root)"),
+    control_fails=("log has 'exitrd:   /oldroot is held by", "log has 'exitrd: sending SIGKILL"),
+)
+scenario(
+    name="fault-hook-hang", **FAULT_STACK, kernel_lines=(MD0_STOPPED,),
+    test_extra="fault-hook-hang.sh",
+    expect=("harness: hang hook in the payload, with /bin/sh",
+            "exitrd: hook unmounted/50-hang: still running after 10s: killed, going on"),
+    control_fails=("log has 'exitrd: hook unmounted/50-hang",),
+)
+scenario(
+    name="fault-dm-suspended", **FAULT_STACK, left=("fault",),
+    test_extra="fault-dm-suspended.sh",
+    expect=("harness: fault: /run/fault-mnt on suspended dm 'fault' over /dev/loop0",
+            "exitrd: could not unmount /oldroot/run/fault-mnt (ext4 on /dev/mapper/fault): timed out*"),
+    control_fails=("log has 'exitrd: could not unmount /oldroot/run/fault-mnt",
+                   "exitrd left fault"),
+)
+scenario(
+    name="fault-panic", **{**FAULT_STACK, "closed": (), "closed_by_exitrd": ()},
+    inventory=False, test_extra="fault-panic.sh", append="exitrd.fault=panic",
+    expect=("exitrd: internal error: *test fault exitrd.fault=panic*",
+            "exitrd: unmounted /oldroot (ext4 on /dev/mapper/vg0-root)",
+            "exitrd: powering off"),
+    control_fails=("log has 'exitrd: internal error:",),
+)
+scenario(
+    name="fault-bad-input", **FAULT_STACK, kernel_lines=(MD0_STOPPED,),
+    test_extra="fault-config.sh", append="exitrd.fault=verb:sing",
+    final_line="reboot: Restarting system",
+    expect=('exitrd: unknown verb "sing": rebooting',
+            "exitrd: /exitrd.conf: line 1: bad value*",
+            'exitrd: /exitrd.conf: line 2: unknown key "colour"*',
+            "exitrd: rebooting"),
+    control_fails=("log has 'exitrd: unknown verb", "VM ended by itself with 'reboot: Restarting"),
+)
+
+# The administrator's side (issue 5): installed on a running system, the package makes
+# the very next shutdown go through the exitrd without a reboot (exitrd.service repairs
+# /run/initramfs from the installed files); with no payload in the initramfs and the
+# unit masked, 'exitrd status' must say so and exit 1.
+scenario(
+    name="install-running", **LVM_LUKS_MD, kernel_lines=(MD0_STOPPED,),
+    media="base+deb", test_extra="install-running.sh", timeout_test=1200,
+    expect=("harness: status before poweroff: exit 0", 'harness: status:   "ready": true,',
+            'harness: status:   "payload_version": "*",'),
+    control_fails=("log has 'harness: status before poweroff: exit 0'",
+                   f"kernel logged '{MD0_STOPPED}'"),
+)
+scenario(
+    name="status-not-ready", **{**LVM_LUKS_MD, "closed": (), "closed_by_exitrd": ()},
+    inventory=False, pivot=False,
+    media="pkg-plain", append="systemd.mask=exitrd.service", check_boot=False,
+    test_extra="status-not-ready.sh",
+    expect=("harness: status exit 1", "harness: status: exitrd status: NOT READY*",
+            "harness: status:*fix: systemctl restart exitrd.service*"),
+    forbid=("systemd-shutdown[1]: Successfully changed into root pivot.",),
+    control_fails=("log has 'harness: status exit 1'",),
+)
+
+scenario(
+    name="purge", **{**LVM_LUKS_MD, "closed": (), "closed_by_exitrd": ()},
+    inventory=False, pivot=False, check_boot=False,
+    test_extra="purge.sh", timeout_test=1200,
+    expect=("harness: purge: clean: no exitrd file, unit or initramfs entry left, "
+            "/run/initramfs empty",),
+    forbid=("systemd-shutdown[1]: Successfully changed into root pivot.",
+            "harness: purge: left behind: *"),
+    control_fails=("log has 'harness: purge: clean:",),
+)
+
+# ZFS pool "tank" on LUKS2 (root: plain ext4). zfs-dkms is compiled natively in a chroot
+# copy of the rootfs: 9.5 min of CPU (33 min wall on 2 busy cores), and the stack's
+# installer and package boots load the zfs module and update-initramfs slowly under TCG
+# (7-12 min each on busy cores): over the CI budget, so not in `suite`. By hand:
+#   python3 -m tests.vm run zfs-luks [--control]
+scenario(
+    name="zfs-luks", installer="install-zfs-luks.sh", disks=("4G", "1G"), root="/dev/vda",
+    closed=("tank_crypt",), native_packages=("zfs-dkms", "zfsutils-linux"), in_suite=False,
+    check_md=False, test_extra="test-zfs-luks.sh", check_extra="check-zfs-luks.sh",
+    control_gave_up=Rx(r"systemd-shutdown\[1\]: Unable to finalize remaining "
+                       r"(file systems, )?DM devices, ignoring\."),
+    expect=("exitrd: zfs: exported pool tank",),
+    # systemd moves the busy dataset to /run/shutdown/mounts/<hash> before the pivot.
+    expect_order=(Rx(r"exitrd: unmounted /oldroot/\S+ \(zfs on tank/data\)"),
+                  "exitrd: zfs: exported pool tank",
+                  # ...or the kernel removed it as the export let go of it (systemd
+                  # flagged it for deferred removal before the pivot).
+                  Rx(r"exitrd: (closed dm-crypt mapping tank_crypt \(dm-\d+\): key wiped "
+                     r"from memory|tank_crypt \(dm-\d+\) is gone: .*)")),
+    check_expect=("harness: zfs label state=exported",
+                  "harness: zfs import as another host without -f: ok",
+                  "harness: zfs data: marker ok"),
+    control_check_expect=("harness: zfs label state=active",
+                          "harness: zfs import as another host without -f: failed"),
+    control_fails=("check boot log has 'harness: zfs label state=exported'",),
+)
+
+# Debian Live / Tails (issue 4): live-boot (boot=live) mounts the boot medium (disk0, ext4,
+# /dev/vda) on /run/live/medium, live/filesystem.squashfs from it through loop0 on
+# /run/live/rootfs/filesystem.squashfs, and an overlay with a tmpfs upper layer
+# (/run/live/overlay) as /. No root= (live-boot finds the medium). Nothing persists,
+# so there is no check boot.
+scenario(
+    name="live", installer="install-live.sh", disks=(), root="", live=True,
+    initramfs_conf=("COMPRESSLEVEL=1", "MODULES=list"),
+    # init_on_free=1 as Tails: the pages the overlay frees are zeroed. Under TCG and host
+    # load that made the overlay's unmount take 4-6 s even after dropping the clean cache
+    # (guest/live-diag.sh), and once over 60 s without: more step time than the default 10 s.
+    append="boot=live init_on_free=1 exitrd.step_timeout=30s",
+    # loop0 goes by the kernel's autoclear (systemd's failed LOOP_CLR_FD set it).
+    closed=("loop0",), check_boot=False, check_md=False, test_extra="live-diag.sh",
+    timeout_test=900,
+    kernel_lines=("EXT4-fs (vda): unmounting filesystem*",),
+    # systemd unmounts both layers' mounts (the overlay keeps its own references) and
+    # moves the busy medium to /run/shutdown/mounts; loop0 gets LO_FLAGS_AUTOCLEAR from
+    # systemd's failed LOOP_CLR_FD, so it goes as soon as the overlay releases the squashfs.
+    expect=("harness: running initramfs tmpfs: rw,nosuid,nodev*",
+            "systemd-shutdown[1]: Moving mount /run/live/medium to /run/shutdown/mounts/*",
+            "systemd-shutdown[1]: Could not detach loopback /dev/loop0: Device or resource busy"),
+    expect_order=(
+        "exitrd: moved /oldroot/run/shutdown/mounts/* to *: still needed",
+        "exitrd: unmounted /oldroot (overlay on overlay)",
+        "EXT4-fs (vda): unmounting filesystem*",
+        "exitrd: inventory: closed: none; removed by the kernel: loop0; left: none"),
+    forbid=("exitrd: could not *",),
+    control_gave_up=Rx(r"systemd-shutdown\[1\]: Unable to finalize remaining "
+                       r"(file systems, )?loop devices, ignoring\."),
+    control_fails=("kernel logged 'EXT4-fs (vda): unmounting filesystem",),
+)
+
+# Three rows of issue 4 in one stack: / on an LVM thin volume whose pool's data LV has a
+# writeback dm-cache; the cache PV is an MD RAID1 whose write-intent bitmap is a file on
+# a third partition, mounted by the initramfs on /run/md-bitmap (see the installer). The
+# exitrd must move that mount out of the old root, stop md1, then unmount it. The check
+# boot reads dm-cache's dirty count before anything writes; the control gets one too.
+scenario(
+    name="lvm-cache-thin", installer="install-lvm-cache-thin.sh", disks=("4G", "512M", "512M"),
+    root="/dev/mapper/vg0-root", extra_packages=("fdisk", "thin-provisioning-tools"),
+    closed=("vg0-root", "vg0-pool-tpool", "vg0-pool_tdata", "vg0-pool_tdata_corig",
+            "vg0-cpool_cpool_cdata", "vg0-cpool_cpool_cmeta", "vg0-pool_tmeta", "md1"),
+    closed_by_exitrd=("md1",),
+    kernel_lines=("md: md1 stopped.",),
+    test_extra="lvm-cache-thin-test.sh", check_extra="lvm-cache-thin-check.sh",
+    # systemd-shutdown moves the busy /run/md-bitmap to /run/shutdown/mounts/<id> first.
+    expect_order=(
+        "exitrd: moved /oldroot/run/* to *: still needed",
+        "exitrd: unmounted /oldroot (ext4 on /dev/mapper/vg0-root)",
+        "exitrd: stopped MD array md1 (raid1)", "exitrd: unmounted /exitrd-held/*"),
+    forbid=("exitrd: could not unmount /exitrd-held/*",),
+    check_expect=("harness: cache: dirty below used: the clean shutdown was recorded*",
+                  "harness: thin pool: no needs_check*"),
+    control_check_expect=("harness: cache: every used block dirty: unclean shutdown*",),
+    control_fails=("check boot log has 'harness: cache: dirty below used",
+                   "kernel logged 'md: md1 stopped.'"),
+)
+
+# NBD root (issue 4): ext4 on /dev/nbd0, served by the host (qemu-nbd on 127.0.0.1, see
+# qemu.nbd_export), connected by nbd-client in the initramfs (nbdroot=, ip=dhcp, -persist
+# -systemd-mark). The exitrd must unmount the root while the network still works, then
+# disconnect nbd0 (NBD_DISCONNECT, NBD_CLEAR_SOCK) and report it closed.
+NBD_STACK = dict(installer="install-nbd-root.sh", disks=("3G",), root="/dev/nbd0",
+                 extra_packages=("nbd-client",), nbd_root=True, check_md=False,
+                 test_extra="nbd-test.sh")
+scenario(
+    name="nbd-root", **NBD_STACK, closed=("nbd0",), closed_by_exitrd=("nbd0",),
+    # Without the package systemd only remounts / read-only and calls it done; nbd0
+    # stays connected (the kernel never logs a disconnect).
+    control_gave_up=Rx(r"systemd-shutdown\[1\]: All filesystems, swaps, loop devices, "
+                       r"MD devices and DM devices detached\."),
+    kernel_lines=("EXT4-fs (nbd0): unmounting filesystem*",
+                  "block nbd0: Disconnected due to user request."),
+    expect=("harness: nbd: root: /dev/nbd0 ext4*",),
+    forbid=("*I/O error*", "*Dead connection*", "*Receive control failed*"),
+    expect_order=("exitrd: unmounted /oldroot (ext4 on /dev/nbd0)",
+                  "exitrd: disconnected network block device nbd0",
+                  "exitrd: inventory: closed: nbd0; removed by the kernel: none; left: none"),
+    control_fails=("kernel logged 'block nbd0: Disconnected due to user request.'",),
+)
+# ... and the server gone: a spared '@' writer keeps dirtying a file on / (so systemd
+# cannot remount it read-only), and the host freezes qemu-nbd (SIGSTOP: no answer, no
+# FIN) as systemd switches into the exitrd. Writes to nbd0 then hang in flight; the
+# exitrd must abandon what waits for them, refuse to disconnect nbd0 under a file system
+# that still has unwritten data (left, with the reason) and power off within its
+# deadline. The freeze races with the exitrd's first sync, so the kernel takes one of
+# two paths: (a) that sync is caught, the writer sticks in the kernel through SIGKILL,
+# and the root is detached lazily (its read-only remount either waits behind the stuck
+# sync and times out, or is refused at once, busy: both seen); (b) that sync completes,
+# the writer dies, and the unmount itself passes the busy check and then waits for the
+# writeback (the mount is gone, its superblock stays). (Frozen earlier, at
+# systemd-shutdown's first sync, systemd itself waits out its sync timeout and then 90 s
+# for D-state processes: no pivot within 420 s.) The control (no exitrd, so no pivot
+# line) freezes the server at the same point of the shutdown: when systemd-shutdown runs
+# its system-shutdown hooks, right before it would switch.
+scenario(
+    name="nbd-server-gone", **{**NBD_STACK, "test_extra": "nbd-server-gone.sh"},
+    nbd_stop_on="systemd-shutdown[1]: Successfully changed into root pivot.",
+    nbd_stop_on_control="harness: pre-pivot argv: poweroff",
+    check_boot=False, closed=(), left=("nbd0",), max_shutdown=75.0,
+    control_gave_up=Rx(r"systemd-shutdown\[1\]: All filesystems, swaps, loop devices, "
+                       r"MD devices and DM devices detached\."),
+    expect=("harness: nbd: writer started*", "exitrd: sync: timed out*",
+            "exitrd:   /oldroot is held by * (@nbd-writer, spared as @)*",
+            "exitrd: nbd: /dev/nbd0 is still in use, not disconnected*"),
+    expect_one_path=(
+        ("exitrd: * did not die (stuck in the kernel?): *",
+         "exitrd: detached busy /oldroot lazily*"),
+        ("exitrd: sending SIGKILL to 1 process(es): *",
+         "exitrd: could not unmount /oldroot (ext4 on /dev/nbd0): timed out*"),
+    ),
+    forbid=("exitrd: disconnected network block device nbd0",),
+    control_fails=("log has 'exitrd: sync: timed out", "exitrd left nbd0"),
+)
