@@ -26,7 +26,7 @@ from pathlib import Path
 from . import stages
 from .logs import shutdown_excerpt, shutdown_seconds
 from .qemu import Boot
-from .runner import evaluate, print_stats, report, run_scenario, suite
+from .runner import evaluate, prepare, print_stats, report, run_scenario, suite
 from .scenarios import POWER_DOWN, SCENARIOS, SYNC_LINE, pick
 
 
@@ -39,7 +39,7 @@ def cmd_run(a) -> int:
     return 0 if r.passed else 1
 
 
-def cmd_suite(a) -> int:
+def chosen_of(a) -> list:
     if a.names:
         chosen = [pick(n, a.release) for n in a.names]
     elif a.release:
@@ -47,7 +47,15 @@ def cmd_suite(a) -> int:
                        if s.in_suite})
     else:
         chosen = [s for s in SCENARIOS.values() if s.in_suite]
-    return suite(chosen, a.keep)
+    return chosen
+
+
+def cmd_suite(a) -> int:
+    return suite(chosen_of(a), a.keep)
+
+
+def cmd_prepare(a) -> int:
+    return prepare(chosen_of(a))
 
 
 def cmd_demo(a) -> int:
@@ -102,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="*", help="only these scenarios")
     p.add_argument("--release", default=None, help="run them on this release instead")
     p.add_argument("--keep", action="store_true")
+    p = sub.add_parser("prepare", help="build the stages (rootfs, stacks, package boots) the "
+                       "suite (or the scenarios named) needs, several at a time; no test boot")
+    p.add_argument("names", nargs="*", help="only these scenarios")
+    p.add_argument("--release", default=None, help="for this release instead")
     p = sub.add_parser("demo", help="run lvm-luks-md and show its shutdown")
     p.add_argument("--release", default=None)
     sub.add_parser("list", help="list scenarios")
@@ -122,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_rootfs(a)
     if os.geteuid() != 0:
         raise SystemExit("needs root (debootstrap, chroot)")
-    return {"run": cmd_run, "suite": cmd_suite, "demo": cmd_demo}[a.cmd](a)
+    return {"run": cmd_run, "suite": cmd_suite, "prepare": cmd_prepare,
+            "demo": cmd_demo}[a.cmd](a)
 
 
 if __name__ == "__main__":

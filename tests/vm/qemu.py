@@ -7,17 +7,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import heapq
+import itertools
 import os
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from . import common
-from .common import CACHE, guest_text, indent, run, say, stat
+from .common import CACHE, CONTEXT, guest_text, indent, run, say, stat
 from .logs import clean_log
 from .scenarios import POWER_DOWN
 
@@ -91,8 +94,36 @@ def vm_cpus() -> int:
     return VM_CPUS or (1 if PARALLEL else 2)
 
 
+# Within one harness process (the parallel suite), slots go by priority: the thread
+# whose CONTEXT.priority is lowest (the suite's order: the longest cold chains first)
+# boots next, not whichever thread polls first.
+_SLOT_QUEUE = threading.Condition()
+_SLOT_WAITING: list[tuple[int, int]] = []   # heap of (priority, arrival)
+_SLOT_ARRIVALS = itertools.count()
+_SLOTS_IN_USE = [0]
+
+
 @contextlib.contextmanager
 def vm_slot(name: str):
+    ticket = (getattr(CONTEXT, "priority", 1 << 30), next(_SLOT_ARRIVALS))
+    with _SLOT_QUEUE:
+        heapq.heappush(_SLOT_WAITING, ticket)
+        while _SLOT_WAITING[0] != ticket or _SLOTS_IN_USE[0] >= max(1, VM_SLOTS):
+            _SLOT_QUEUE.wait(1)
+        heapq.heappop(_SLOT_WAITING)
+        _SLOTS_IN_USE[0] += 1
+        _SLOT_QUEUE.notify_all()
+    try:
+        with vm_slot_across_processes(name):
+            yield
+    finally:
+        with _SLOT_QUEUE:
+            _SLOTS_IN_USE[0] -= 1
+            _SLOT_QUEUE.notify_all()
+
+
+@contextlib.contextmanager
+def vm_slot_across_processes(name: str):
     CACHE.mkdir(parents=True, exist_ok=True)
     waited = False
     while True:

@@ -198,20 +198,53 @@ def suite_order(chosen: list[Scenario]) -> list[tuple[Scenario, bool]]:
     return leaders + [j for j in jobs if j not in leaders]
 
 
+def prepare(chosen: list[Scenario]) -> int:
+    """Build every stage the chosen scenarios need, one thread per stack (the longest
+    cold chains first), without test boots: `scripts/test` runs this in the background
+    while the static checks and unit tests use the other core."""
+    t0 = time.monotonic()
+    leaders = [s for s, _ in suite_order(chosen)]
+    stacks = list({(stack_name(s), s.release): s for s in leaders}.values())
+    deb = find_deb() if any(not s.live for s in stacks) else None
+    qemu.PARALLEL = qemu.VM_SLOTS > 1
+
+    def build(priority: int, s: Scenario) -> str:
+        common.CONTEXT.priority = priority
+        common.CONTEXT.label = f"prepare {s.ident}"
+        try:
+            stack_base(s)
+            if deb is not None or s.live:
+                stack_pkg(s, deb)
+            return ""
+        except (Exception, SystemExit) as e:
+            return f"{s.ident}: {e}"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(stacks))) as pool:
+        errors = [e for e in pool.map(build, range(len(stacks)), stacks) if e]
+    print_stats(time.monotonic() - t0)
+    for e in errors:
+        print(f"prepare: FAILED: {e}")
+    return 1 if errors else 0
+
+
 def suite(chosen: list[Scenario], keep: bool = False) -> int:
     """Run the chosen scenarios, each with its control, several at a time; print a summary."""
     t0 = time.monotonic()
     jobs = suite_order(chosen)
     if any(not s.live for s, _ in jobs):
         find_deb()   # once, before the threads need it
-    # One thread more than there are VM slots: a thread waiting for a stage that another
-    # one builds (a cache lock) holds no slot, so the slots stay busy.
-    threads = max(1, min(len(jobs), qemu.VM_SLOTS + 1))
+    # A thread per run: one waiting for a stage that another builds (a cache lock) holds no
+    # VM slot, and the slots go to the waiting boots in this order (qemu.vm_slot).
     qemu.PARALLEL = qemu.VM_SLOTS > 1
-    say(f"suite: {len(jobs)} runs, {threads} at a time in {qemu.VM_SLOTS} VM slots, "
+    say(f"suite: {len(jobs)} runs in {qemu.VM_SLOTS} VM slots, "
         f"{qemu.vm_cpus()} vCPU per guest")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-        futures = {j: pool.submit(run_scenario, j[0], j[1], keep=keep) for j in jobs}
+
+    def job(priority: int, s: Scenario, control: bool) -> Result:
+        common.CONTEXT.priority = priority
+        return run_scenario(s, control, keep=keep)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futures = {j: pool.submit(job, i, *j) for i, j in enumerate(jobs)}
         by_job = {j: f.result() for j, f in futures.items()}
     # Declaration order in the summary, whatever order they ran in.
     results = [by_job[(s, c)] for s in chosen for c in ((False, True) if s.control else (False,))]
