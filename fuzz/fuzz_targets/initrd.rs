@@ -22,17 +22,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A fresh directory name for one run, on /dev/shm when there is one (a tmpfs: no disk).
+/// A fresh directory name for one run, in TMPDIR (`scripts/fuzz` points it at a directory
+/// of its own, on a tmpfs when there is one, and removes it at the end).
 fn scratch() -> PathBuf {
     static RUN: AtomicU64 = AtomicU64::new(0);
     let n = RUN.fetch_add(1, Ordering::Relaxed);
-    let shm = Path::new("/dev/shm");
-    let base = if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    base.join(format!("exitrd-fuzz-initrd-{}-{n}", std::process::id()))
+    std::env::temp_dir().join(format!("exitrd-fuzz-initrd-{}-{n}", std::process::id()))
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
