@@ -202,7 +202,8 @@ def figures(s: scenarios.Scenario, tb: qemu.Boot, cb: qemu.Boot | None, token: s
     f["md_stopped"] = "md: md0 stopped." in text
     f["gave_up"] = any(scenarios.GAVE_UP.fullmatch(m) for m in logs.messages(text))
     inv = logs.inventory(text)
-    f["inventory"] = None if inv is None else {"closed": inv[0], "left": inv[1]}
+    f["inventory"] = None if inv is None else {"closed": inv[0], "removed_by_kernel": inv[1],
+                                                "left": inv[2]}
     f["shutdown_s"] = logs.shutdown_seconds(text)
     queued = logs.first_stamp(text, "harness: queueing poweroff")
     down = logs.first_stamp(text, scenarios.POWER_DOWN, queued or 0.0)
@@ -252,7 +253,7 @@ def figures(s: scenarios.Scenario, tb: qemu.Boot, cb: qemu.Boot | None, token: s
     f["next_boot"] = next_boot
     f["next_boot_clean"] = all(next_boot.values())
     f["clean"] = bool(f["powered_off"] and f["md_stopped"] and not f["gave_up"]
-                      and (inv is None or inv[1] == "none"))
+                      and (inv is None or inv[2] == "none"))
     return f
 
 
@@ -445,7 +446,7 @@ def machine() -> dict:
             model = line.split(":", 1)[1].strip()
             break
     return {"nproc": os.cpu_count(), "cpu": model, "accel": "qemu TCG (no KVM)",
-            "host": platform.platform(), "guest_ram_mib": 1024, "guest_cpus": 2,
+            "host": platform.platform(), "guest_ram_mib": 1024, "guest_cpus": qemu.vm_cpus(),
             "vm_slots": qemu.VM_SLOTS}
 
 
