@@ -376,7 +376,7 @@ def table(res: dict) -> tuple[str, list[tuple[str, str]]]:
         count(ex, "switched"), "")
     row("systemd gave up (\"Unable to finalize ... DM devices, MD devices\")",
         count(st, "gave_up"), count(dr, "gave_up"), count(ex, "gave_up"), "")
-    row("next boot clean (marker, no resync, md not unclean, fsck clean)",
+    row("data intact at the next boot (marker, no resync, md not unclean, fsck clean: stock passes too)",
         count(st, "next_boot_clean"), count(dr, "next_boot_clean"), count(ex, "next_boot_clean"), "")
     row("shutdown: \"Syncing filesystems\" → \"reboot: Power down\" (s)",
         fmt(st["shutdown_s"]), fmt(dr["shutdown_s"]), fmt(ex["shutdown_s"]),
