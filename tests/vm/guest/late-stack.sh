@@ -24,9 +24,9 @@ size=$(blockdev --getsz /dev/md9)
 key=$(od -An -tx1 -N64 /dev/urandom | tr -d ' \n')
 echo "0 $size crypt aes-xts-plain64 $key 0 /dev/md9 0" |
 	dmsetup create --noudevsync --uuid CRYPT-PLAIN-late_crypt late_crypt
-# Without udev, dmsetup makes the node itself, on request.
-dmsetup mknodes late_crypt
-echo "0 $size linear /dev/mapper/late_crypt 0" | dmsetup create --noudevsync late-top
+# By device number: without udev there is no /dev/mapper node until dmsetup makes one.
+crypt_dev=$(dmsetup info -c --noheadings -o major,minor late_crypt | tr -d ' ')
+echo "0 $size linear $crypt_dev 0" | dmsetup create --noudevsync late-top
 dmsetup mknodes late-top
 mkfs.ext4 -q /dev/mapper/late-top
 mkdir -p /run/late-mnt
