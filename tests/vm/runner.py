@@ -248,11 +248,14 @@ def suite(chosen: list[Scenario], keep: bool = False) -> int:
         by_job = {j: f.result() for j, f in futures.items()}
     # Declaration order in the summary, whatever order they ran in.
     results = [by_job[(s, c)] for s in chosen for c in ((False, True) if s.control else (False,))]
-    print("\nsuite results (each run's wall time includes the stages it built):")
+    print("\nsuite results (boots: its own test and check boots; done at: since the suite's "
+          "start, waits for stages and VM slots included):")
     for r in results:
         extra = f" ({r.error.splitlines()[0]})" if r.error else ""
         rep_ = f"  REPEATED: {'; '.join(r.repeats)}" if r.repeats else ""
-        print(f"  {'PASS' if r.passed else 'FAIL'}  {r.wall:6.0f} s  {r.label}{extra}{rep_}")
+        boots = sum(b.wall for b in (r.test, r.check) if b is not None)
+        print(f"  {'PASS' if r.passed else 'FAIL'}  boots {boots:4.0f} s  done at "
+              f"{r.wall:5.0f} s  {r.label}{extra}{rep_}")
     print_stats(time.monotonic() - t0)
     npass = sum(r.passed for r in results)
     nrep = sum(bool(r.repeats) for r in results)
