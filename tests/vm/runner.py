@@ -19,7 +19,7 @@ from .common import CACHE, guest_text, indent, say, stat
 from .logs import harness_lines, shutdown_seconds, stamped
 from .qemu import Boot, BootSpec, boot_fresh, debugfs_dump, make_harness_disk, overlay
 from .scenarios import TIMEOUT_CHECK, Scenario
-from .stages import find_deb, nbd_of, stack_base, stack_name, stack_pkg
+from .stages import find_deb, nbd_of, prune, stack_base, stack_name, stack_pkg
 
 
 # --------------------------------------------------------------------------- a test run
@@ -203,6 +203,7 @@ def prepare(chosen: list[Scenario]) -> int:
     cold chains first), without test boots: `scripts/test` runs this in the background
     while the static checks and unit tests use the other core."""
     t0 = time.monotonic()
+    prune()
     leaders = [s for s, _ in suite_order(chosen)]
     stacks = list({(stack_name(s), s.release): s for s in leaders}.values())
     deb = find_deb() if any(not s.live for s in stacks) else None

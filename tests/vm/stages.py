@@ -82,6 +82,40 @@ WantedBy=multi-user.target
 FAILED: dict[str, str] = {}
 
 
+# Stages unused this long are deleted by prune(): keys change with every month (EPOCH),
+# package and script, so a warm machine would otherwise pile up old stages for good.
+PRUNE_AFTER_DAYS = 35
+
+
+def prune(now: float | None = None) -> list[Path]:
+    """Deletes the stage folders whose last use (the mtime of their .complete, touched on
+    every cache hit) is older than PRUNE_AFTER_DAYS. Returns what it deleted."""
+    now = time.time() if now is None else now
+    gone = []
+    if not CACHE.is_dir():
+        return gone
+    for d in sorted(CACHE.iterdir()):
+        done = d / ".complete"
+        try:
+            if d.is_dir() and done.exists() and now - done.stat().st_mtime > PRUNE_AFTER_DAYS * 86400:
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(d)
+        except OSError:
+            continue
+    # Run folders (serial logs) of the same age go too.
+    runs = CACHE / "runs"
+    for d in sorted(runs.iterdir()) if runs.is_dir() else []:
+        try:
+            if d.is_dir() and now - d.stat().st_mtime > PRUNE_AFTER_DAYS * 86400:
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(d)
+        except OSError:
+            continue
+    for d in gone:
+        say(f"pruned {d.name}: unused for over {PRUNE_AFTER_DAYS} days")
+    return gone
+
+
 def cached(kind: str, key: str, build) -> Path:
     """Return CACHE/<kind>-<key>, building it with build(tmpdir) when missing."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -90,6 +124,7 @@ def cached(kind: str, key: str, build) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (final / ".complete").exists():
             say(f"cache hit: {final}")
+            os.utime(final / ".complete")   # last use, for prune()
             return final
         if final.exists():
             shutil.rmtree(final)
