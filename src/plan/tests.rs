@@ -22,13 +22,7 @@ fn dev(
 }
 
 fn dm(name: &str, uuid: &str) -> DevKind {
-    let kind = if uuid.starts_with("LVM-") {
-        DmKind::Lvm
-    } else if uuid.starts_with("CRYPT-") {
-        DmKind::Crypt
-    } else {
-        DmKind::Other
-    };
+    let kind = crate::topology::block::dm_kind(uuid);
     DevKind::Dm {
         name: name.into(),
         uuid: uuid.into(),

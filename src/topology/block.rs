@@ -118,10 +118,15 @@ fn list_names(dir: &Path) -> Vec<String> {
     names
 }
 
-fn dm_kind(uuid: &str) -> DmKind {
+/// The kind of a device-mapper device from the uuid its tool gave it. cryptsetup also
+/// names the devices it makes for dm-verity, dm-integrity and the integrity layer under an
+/// authenticated LUKS2 device `CRYPT-VERITY-`, `CRYPT-INTEGRITY-` and `CRYPT-SUBDEV-`:
+/// they hold no dm-crypt key, so they are not dm-crypt mappings.
+pub(crate) fn dm_kind(uuid: &str) -> DmKind {
+    const NOT_CRYPT: [&str; 3] = ["CRYPT-VERITY-", "CRYPT-INTEGRITY-", "CRYPT-SUBDEV-"];
     if uuid.starts_with("LVM-") {
         DmKind::Lvm
-    } else if uuid.starts_with("CRYPT-") {
+    } else if uuid.starts_with("CRYPT-") && !NOT_CRYPT.iter().any(|p| uuid.starts_with(p)) {
         DmKind::Crypt
     } else {
         DmKind::Other
@@ -240,6 +245,11 @@ mod tests {
     fn dm_kinds_from_uuid() {
         assert_eq!(dm_kind("LVM-abc"), DmKind::Lvm);
         assert_eq!(dm_kind("CRYPT-LUKS2-0123-md0_crypt"), DmKind::Crypt);
+        assert_eq!(dm_kind("CRYPT-PLAIN-late_crypt"), DmKind::Crypt);
+        // cryptsetup's other devices carry no dm-crypt key.
+        assert_eq!(dm_kind("CRYPT-VERITY-0123-root_verity"), DmKind::Other);
+        assert_eq!(dm_kind("CRYPT-INTEGRITY-0123-int"), DmKind::Other);
+        assert_eq!(dm_kind("CRYPT-SUBDEV-0123-md0_crypt_dif"), DmKind::Other);
         assert_eq!(dm_kind("mpath-3600"), DmKind::Other);
         assert_eq!(dm_kind(""), DmKind::Other);
     }
