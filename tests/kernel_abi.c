@@ -43,6 +43,18 @@ int main(void)
 	OFF(dm_target_msg, sector);
 	OFF(dm_target_msg, message);
 
+	/* struct dm_target_spec */
+	P("dm_target_spec.size", sizeof(struct dm_target_spec));
+	OFF(dm_target_spec, sector_start);
+	OFF(dm_target_spec, length);
+	OFF(dm_target_spec, status);
+	OFF(dm_target_spec, next);
+	OFF(dm_target_spec, target_type);
+	P("DM_MAX_TYPE_NAME", DM_MAX_TYPE_NAME);
+	P("DM_TABLE_STATUS", DM_TABLE_STATUS);
+	P("DM_STATUS_TABLE_FLAG", DM_STATUS_TABLE_FLAG);
+	P("DM_BUFFER_FULL_FLAG", DM_BUFFER_FULL_FLAG);
+
 	/* device-mapper constants */
 	P("DM_NAME_LEN", DM_NAME_LEN);
 	P("DM_UUID_LEN", DM_UUID_LEN);

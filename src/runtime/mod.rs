@@ -111,6 +111,91 @@ fn install_panic_hook() {
     }));
 }
 
+/// An abort (out of memory, a panic while panicking) or a crash would kill PID 1, and the
+/// kernel would panic and, by Debian's default, hang: instead say so, start the kernel's
+/// emergency sync (asynchronous, so it cannot block us), give it a moment, and reboot as
+/// asked. Only async-signal-safe calls in the handler: no allocation, no locks.
+fn install_fatal_signal_handlers() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_fatal_signal),
+        // On the alternate stack Rust's runtime sets up, so a stack overflow is caught too.
+        SaFlags::SA_ONSTACK | SaFlags::SA_RESETHAND,
+        SigSet::empty(),
+    );
+    for sig in [
+        Signal::SIGABRT,
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+        Signal::SIGSYS,
+    ] {
+        // SAFETY: the handler only makes async-signal-safe system calls.
+        unsafe {
+            let _ = sigaction(sig, &action);
+        }
+    }
+}
+
+extern "C" fn on_fatal_signal(sig: nix::libc::c_int) {
+    use nix::libc;
+    let msg: &[u8] = match sig {
+        libc::SIGABRT => b"exitrd: fatal: aborted (SIGABRT); emergency sync, then the final reboot call\n",
+        libc::SIGSEGV => b"exitrd: fatal: invalid memory access (SIGSEGV); emergency sync, then the final reboot call\n",
+        libc::SIGBUS => b"exitrd: fatal: bus error (SIGBUS); emergency sync, then the final reboot call\n",
+        _ => b"exitrd: fatal signal; emergency sync, then the final reboot call\n",
+    };
+    // SAFETY: write, open, close, nanosleep, getpid, reboot and _exit are
+    // async-signal-safe; every buffer is static.
+    unsafe {
+        let console = log::console_fd();
+        let _ = libc::write(
+            if console >= 0 { console } else { 1 },
+            msg.as_ptr().cast(),
+            msg.len(),
+        );
+        let kmsg = libc::open(c"/dev/kmsg".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if kmsg >= 0 {
+            let _ = libc::write(kmsg, msg.as_ptr().cast(), msg.len() - 1);
+            libc::close(kmsg);
+        }
+        if libc::getpid() != 1 {
+            // Not the shutdown's PID 1 (a test): never reboot the machine we run on.
+            libc::_exit(128 + sig);
+        }
+        let sysrq = libc::open(
+            c"/proc/sysrq-trigger".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if sysrq >= 0 {
+            let _ = libc::write(sysrq, b"s".as_ptr().cast(), 1);
+            libc::close(sysrq);
+            let pause = libc::timespec {
+                tv_sec: 2,
+                tv_nsec: 0,
+            };
+            libc::nanosleep(&pause, std::ptr::null_mut());
+        }
+        let cmd = match verb_from_code(VERB_FOR_PANIC.load(Ordering::Relaxed)) {
+            Verb::PowerOff => libc::RB_POWER_OFF,
+            Verb::Halt => libc::RB_HALT_SYSTEM,
+            Verb::Reboot | Verb::Kexec => libc::RB_AUTOBOOT,
+        };
+        loop {
+            libc::reboot(cmd);
+            libc::reboot(libc::RB_AUTOBOOT);
+            libc::nanosleep(
+                &libc::timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                },
+                std::ptr::null_mut(),
+            );
+        }
+    }
+}
+
 /// PID 1 starts with whatever signal state systemd-shutdown left. Children must be
 /// waitable (SIGCHLD not ignored), a closed pipe must not kill us, and Ctrl-Alt-Del
 /// (SIGINT to PID 1) must not interrupt the shutdown.
@@ -153,6 +238,7 @@ fn ensure_api_mounts() {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Faults {
     panic: bool,
+    abort: bool,
     verb: Option<String>,
 }
 
@@ -161,6 +247,7 @@ fn faults(cmdline: &str) -> Faults {
     for word in cmdline.split_whitespace() {
         match word.strip_prefix("exitrd.fault=") {
             Some("panic") => f.panic = true,
+            Some("abort") => f.abort = true,
             Some(v) => {
                 if let Some(verb) = v.strip_prefix("verb:") {
                     f.verb = Some(verb.to_string());
@@ -193,14 +280,21 @@ fn load_config(cmdline: &str) -> Config {
 /// Entry point of shutdown mode. Never returns.
 pub fn run(args: &[String]) -> ! {
     let started = Instant::now();
-    reset_signals();
-    ensure_api_mounts();
+    // Before anything that could fail: from here on every failure ends in reboot(2).
+    install_panic_hook();
+    install_fatal_signal_handlers();
     let mut parsed = parse_args(args);
     VERB_FOR_PANIC.store(
         verb_code(parsed.verb.unwrap_or(Verb::Reboot)),
         Ordering::Relaxed,
     );
-    install_panic_hook();
+    reset_signals();
+    ensure_api_mounts();
+    // The binary lives in a tmpfs that can be swapped out, perhaps to a swap device about
+    // to be torn down: keep every page of ours in RAM, now and later.
+    let locked = nix::sys::mman::mlockall(
+        nix::sys::mman::MlockAllFlags::MCL_CURRENT | nix::sys::mman::MlockAllFlags::MCL_FUTURE,
+    );
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     log::init(cmdline.split_whitespace().any(|w| w == "exitrd.debug"));
     let faults = if Path::new(FAULTS_ALLOWED_FILE).exists() {
@@ -230,6 +324,9 @@ pub fn run(args: &[String]) -> ! {
     );
     if parsed.verb.is_none() {
         say!("unknown verb {:?}: rebooting", parsed.verb_word);
+    }
+    if let Err(e) = locked {
+        say!("could not lock exitrd in memory (mlockall: {e}); going on");
     }
     if let Some(line) = watchdog::init() {
         say!("{line}");
@@ -418,6 +515,10 @@ impl Shutdown {
         if self.faults.panic {
             panic!("test fault exitrd.fault=panic after unmounting");
         }
+        if self.faults.abort {
+            say!("test fault exitrd.fault=abort: aborting after unmounting");
+            std::process::abort();
+        }
         let hooks_failed = self.run_hooks("unmounted");
         self.passes(&any_step);
 
@@ -491,15 +592,17 @@ impl Shutdown {
     }
 
     /// Device-mapper devices that could not be removed are suspended with their queued
-    /// writes flushed, so nothing is lost in flight when the power goes, and dm-crypt ones
-    /// get their key wiped from kernel memory. Sync first: a suspended device blocks writes.
+    /// writes flushed, so nothing is lost in flight when the power goes, and the keys of
+    /// their dm-crypt targets are wiped from kernel memory. Top-down (see
+    /// [`Topology::dm_top_down`]): an LV's flush must reach the dm-crypt mapping below it
+    /// before that one is suspended. Sync first: a suspended device blocks writes.
     fn secure_leftovers(&mut self) {
         let Some(topo) = read_topology() else { return };
-        let leftovers: Vec<(String, DmKind)> = topo
-            .devices
-            .values()
+        let leftovers: Vec<String> = topo
+            .dm_top_down()
+            .iter()
             .filter_map(|d| match &d.kind {
-                DevKind::Dm { name, kind, .. } => Some((name.clone(), *kind)),
+                DevKind::Dm { name, .. } if !name.is_empty() => Some(name.clone()),
                 _ => None,
             })
             .collect();
@@ -509,7 +612,7 @@ impl Shutdown {
         reboot::bounded_sync(self.cfg.step_timeout);
         // The last safety net: bounded, but not skipped when the deadline has passed.
         let timeout = self.cfg.step_timeout.min(FINAL_RESERVE);
-        for (name, kind) in leftovers {
+        for name in leftovers {
             let n = name.clone();
             match bounded(timeout, move || dm::suspend(&n, true)) {
                 Outcome::Done => {
@@ -520,12 +623,8 @@ impl Shutdown {
                     continue;
                 }
             }
-            if kind == DmKind::Crypt && self.cfg.wipe_keys {
-                let n = name.clone();
-                match bounded(timeout, move || dm::message(&n, 0, "key wipe")) {
-                    Outcome::Done => say!("wiped the key of dm-crypt mapping {name} from memory"),
-                    other => say!("could not wipe the key of {name}: {other}"),
-                }
+            if self.cfg.wipe_keys {
+                wipe_keys(&name, timeout);
             }
         }
     }
@@ -605,6 +704,40 @@ impl Shutdown {
             list(&by_kernel),
             list(&left)
         );
+    }
+}
+
+/// Wipes the dm-crypt keys of the suspended device `name` in a worker, which reports
+/// "ok CRYPT_TARGETS WIPED" or "error TEXT" back; says "wiped" only for what the device's
+/// table shows wiped.
+fn wipe_keys(name: &str, timeout: Duration) {
+    let n = name.to_string();
+    let (outcome, out) = worker::bounded_output(timeout, move |out| {
+        use std::io::Write;
+        match dm::wipe_crypt_keys(&n) {
+            Ok(r) => write!(out, "ok {} {}", r.crypt_targets, r.wiped),
+            Err(e) => write!(out, "error {e}"),
+        }
+    });
+    let text = String::from_utf8_lossy(&out);
+    let counts: Vec<usize> = text
+        .strip_prefix("ok ")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match (outcome, counts.as_slice(), text.strip_prefix("error ")) {
+        (Outcome::Done, [0, _], _) => {}
+        (Outcome::Done, [targets, wiped], _) if wiped == targets => say!(
+            "wiped the key of dm-crypt mapping {name} from memory (checked: its table holds no key now)"
+        ),
+        (Outcome::Done, [targets, wiped], _) => say!(
+            "could not wipe the key of {name}: {} of its {targets} dm-crypt targets still hold one",
+            targets - wiped
+        ),
+        (Outcome::Done, _, Some(e)) => say!("could not wipe the key of {name}: {e}"),
+        (Outcome::Done, _, None) => say!("could not wipe the key of {name}: no answer"),
+        (other, _, _) => say!("could not wipe the key of {name}: {other}"),
     }
 }
 
@@ -697,10 +830,17 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
                     flush_device(path);
                 }
                 if by_number {
-                    dm::remove_by_dev(major, minor)
-                } else {
-                    dm::remove(&name)
+                    return dm::remove_by_dev(major, minor);
                 }
+                dm::remove(&name)?;
+                // The log says "key wiped" for a dm-crypt mapping: only once it is gone
+                // (the kernel zeroes the key as it frees the mapping).
+                if dm::exists(&name)? {
+                    return Err(io::Error::other(format!(
+                        "device-mapper: '{name}' is still there after its removal"
+                    )));
+                }
+                Ok(())
             });
             match outcome {
                 // It went by itself meanwhile (the kernel refuses a device it is deleting).
@@ -871,11 +1011,36 @@ mod tests {
         );
     }
 
+    /// An abort in the shutdown's PID 1 goes through our handler (which, not being PID 1
+    /// here, exits with 128 + SIGABRT instead of rebooting) rather than killing the process.
+    #[test]
+    fn abort_is_caught_by_the_fatal_signal_handler() {
+        // SAFETY: the child only makes async-signal-safe calls (sigaction, abort's raise,
+        // and the handler's own) before it ends; the parent waits for it.
+        let pid = unsafe { nix::libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            install_fatal_signal_handlers();
+            std::process::abort();
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child with a valid status pointer.
+        unsafe { nix::libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            nix::libc::WIFEXITED(status),
+            "the child was killed by signal {} instead of going through the handler",
+            nix::libc::WTERMSIG(status)
+        );
+        assert_eq!(nix::libc::WEXITSTATUS(status), 128 + nix::libc::SIGABRT);
+    }
+
     #[test]
     fn fault_switches() {
         assert_eq!(faults("root=/dev/vda quiet"), Faults::default());
         let f = faults("exitrd.fault=panic exitrd.fault=verb:sing");
         assert!(f.panic);
+        assert!(!f.abort);
+        assert!(faults("exitrd.fault=abort").abort);
         assert_eq!(f.verb.as_deref(), Some("sing"));
     }
 }

@@ -27,13 +27,25 @@ pub fn interval(watchdog_usec: Option<&str>) -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec / 3).max(Duration::from_millis(100)))
 }
 
+/// The watchdog systemd armed: `WATCHDOG_DEVICE` when set (systemd passes its
+/// `WatchdogDevice=` setting, e.g. `/dev/watchdog1`), else the default device.
+pub fn device(watchdog_device: Option<&str>, exists: &dyn Fn(&str) -> bool) -> Option<String> {
+    match watchdog_device.map(str::trim).filter(|d| !d.is_empty()) {
+        Some(d) => Some(d.to_string()),
+        None => ["/dev/watchdog0", "/dev/watchdog"]
+            .into_iter()
+            .find(|p| exists(p))
+            .map(String::from),
+    }
+}
+
 /// Opens the watchdog if systemd left it armed. Returns a line to log, if any.
 pub fn init() -> Option<String> {
     let every = interval(std::env::var("WATCHDOG_USEC").ok().as_deref())?;
-    let device = ["/dev/watchdog0", "/dev/watchdog"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-    match OpenOptions::new().write(true).open(device) {
+    let device = device(std::env::var("WATCHDOG_DEVICE").ok().as_deref(), &|p| {
+        std::path::Path::new(p).exists()
+    })?;
+    match OpenOptions::new().write(true).open(&device) {
         Ok(file) => {
             if let Ok(mut slot) = DOG.lock() {
                 *slot = Some(Dog {
@@ -89,6 +101,24 @@ mod tests {
     #[test]
     fn keepalive_request_matches_the_header() {
         abi_probe::check(&[("WDIOC_KEEPALIVE", abi_probe::ioctl_code(WDIOC_KEEPALIVE))]);
+    }
+
+    #[test]
+    fn the_device_systemd_names_wins() {
+        let only_default = |p: &str| p == "/dev/watchdog";
+        assert_eq!(
+            device(Some("/dev/watchdog1"), &only_default).as_deref(),
+            Some("/dev/watchdog1")
+        );
+        assert_eq!(
+            device(Some(""), &only_default).as_deref(),
+            Some("/dev/watchdog")
+        );
+        assert_eq!(
+            device(None, &only_default).as_deref(),
+            Some("/dev/watchdog")
+        );
+        assert_eq!(device(None, &|_| false), None);
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //!
 //! Written from `<linux/dm-ioctl.h>`, interface version 4. Every request is
 //! one buffer that starts with `struct dm_ioctl` ([`DmIoctl`]); commands
-//! that carry a payload (here only `DM_TARGET_MSG`) put it at `data_start`
-//! bytes from the start of the buffer, and `data_size` covers header plus
-//! payload. Devices are addressed by name only (the uuid field stays empty:
-//! the kernel refuses requests that give both).
+//! that carry a payload (`DM_TARGET_MSG`) put it at `data_start` bytes from
+//! the start of the buffer, and `data_size` covers header plus payload;
+//! `DM_TABLE_STATUS` answers the same way, its `data_size` then being the
+//! room we offer. Devices are addressed by name (the uuid field stays empty:
+//! the kernel refuses requests that give both) or, for removal, by number.
 //!
 //! The kernel copies the header back on return; [`info`] reads it, and
-//! [`suspend`] / [`resume`] check that the returned `DM_SUSPEND_FLAG` agrees
-//! with what was asked.
+//! [`suspend`] checks that the returned `DM_SUSPEND_FLAG` agrees with what
+//! was asked.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
@@ -38,6 +39,7 @@ const DM_VERSION: [u32; 3] = [4, 0, 0];
 const DM_DEV_REMOVE_CMD: u8 = 4;
 const DM_DEV_SUSPEND_CMD: u8 = 6;
 const DM_DEV_STATUS_CMD: u8 = 7;
+const DM_TABLE_STATUS_CMD: u8 = 12;
 const DM_TARGET_MSG_CMD: u8 = 14;
 
 /// `DM_DEV_REMOVE`: `_IOWR(DM_IOCTL, DM_DEV_REMOVE_CMD, struct dm_ioctl)`.
@@ -49,6 +51,9 @@ const DM_DEV_SUSPEND: ioctl_num_type =
 /// `DM_DEV_STATUS`: fills in the header fields for a device.
 const DM_DEV_STATUS: ioctl_num_type =
     nix::request_code_readwrite!(DM_IOCTL, DM_DEV_STATUS_CMD, size_of::<DmIoctl>());
+/// `DM_TABLE_STATUS`: the active table's targets, with their status or table lines.
+const DM_TABLE_STATUS: ioctl_num_type =
+    nix::request_code_readwrite!(DM_IOCTL, DM_TABLE_STATUS_CMD, size_of::<DmIoctl>());
 /// `DM_TARGET_MSG`: passes a `struct dm_target_msg` to a target.
 const DM_TARGET_MSG: ioctl_num_type =
     nix::request_code_readwrite!(DM_IOCTL, DM_TARGET_MSG_CMD, size_of::<DmIoctl>());
@@ -57,6 +62,12 @@ const DM_TARGET_MSG: ioctl_num_type =
 const DM_SUSPEND_FLAG: u32 = 1 << 1;
 /// In: suspend without flushing queued I/O.
 const DM_NOFLUSH_FLAG: u32 = 1 << 11;
+/// In (`DM_TABLE_STATUS`): return the table lines instead of the status lines.
+const DM_STATUS_TABLE_FLAG: u32 = 1 << 4;
+/// Out: the result did not fit the buffer.
+const DM_BUFFER_FULL_FLAG: u32 = 1 << 8;
+/// `DM_MAX_TYPE_NAME`: size of a target type name, including the NUL.
+const DM_MAX_TYPE_NAME: usize = 16;
 /// In: the kernel wipes its copies of the buffer after use (key material).
 const DM_SECURE_DATA_FLAG: u32 = 1 << 15;
 
@@ -86,6 +97,21 @@ struct DmIoctl {
 }
 
 const _: () = assert!(size_of::<DmIoctl>() == 312);
+
+/// `struct dm_target_spec`: one target of a table, followed by its NUL-terminated line.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DmTargetSpec {
+    sector_start: u64,
+    length: u64,
+    status: i32,
+    /// Out (`DM_TABLE_STATUS`): offset of the next spec from the first one.
+    next: u32,
+    target_type: [u8; DM_MAX_TYPE_NAME],
+}
+
+const SPEC_SIZE: usize = size_of::<DmTargetSpec>();
+const _: () = assert!(SPEC_SIZE == 40);
 
 /// Size of the header, which is also where our payload starts.
 const HEADER_SIZE: u32 = size_of::<DmIoctl>() as u32;
@@ -326,20 +352,6 @@ pub fn suspend(name: &str, flush: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Resumes `name` (`DM_DEV_SUSPEND` without `DM_SUSPEND_FLAG`). Succeeds only
-/// if the kernel reports the device no longer suspended.
-pub fn resume(name: &str) -> io::Result<()> {
-    let mut req = DmRequest::new(name)?;
-    let what = format!("device-mapper: resuming '{name}'");
-    call(DM_DEV_SUSPEND, &mut req, &what)?;
-    if req.hdr.flags & DM_SUSPEND_FLAG != 0 {
-        return Err(io::Error::other(format!(
-            "{what}: the kernel still reports the device as suspended"
-        )));
-    }
-    Ok(())
-}
-
 /// Sends `msg` to the target of `name` that covers `sector`
 /// (`DM_TARGET_MSG`), e.g. `message("cryptroot", 0, "key wipe")`.
 ///
@@ -374,6 +386,161 @@ pub fn info(name: &str) -> io::Result<DmInfo> {
     })
 }
 
+/// One target of a device's active table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// First sector it covers: where a message for it must be addressed.
+    pub start: u64,
+    /// `crypt`, `linear`, `striped`, `thin-pool`, ...
+    pub target_type: String,
+}
+
+/// What became of the keys of a device's dm-crypt targets after "key wipe".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WipeReport {
+    /// dm-crypt targets in the table: 0 for a device that holds no dm-crypt key.
+    pub crypt_targets: usize,
+    /// Of those, the ones whose table line no longer carries a key.
+    pub wiped: usize,
+}
+
+/// What a dm-crypt table line (`cipher key iv_offset device offset [options]`) says of its
+/// key: after "key wipe" the kernel prints the zeroed key as zeros, `-` means no key.
+fn crypt_line_holds_key(line: &[u8]) -> bool {
+    let key = line
+        .split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty())
+        .nth(1);
+    match key {
+        None | Some(b"-") => false,
+        Some(k) => !k.iter().all(|&b| b == b'0'),
+    }
+}
+
+/// Splits `DM_TABLE_STATUS` output (`out`: the bytes from `data_start` on) into `count`
+/// targets: a `struct dm_target_spec` each, followed by its NUL-terminated line, the next
+/// one `next` bytes from the first. Returns (start sector, type, line).
+fn parse_targets(out: &[u8], count: u32) -> io::Result<Vec<(u64, String, &[u8])>> {
+    let bad = |what: &str| io::Error::other(format!("device-mapper: malformed table: {what}"));
+    let field = |at: usize, len: usize| out.get(at..at + len).ok_or_else(|| bad("truncated"));
+    let mut targets = Vec::new();
+    let mut at = 0usize;
+    for i in 0..count {
+        let spec = field(at, SPEC_SIZE)?;
+        let word = |o: usize| u64::from_ne_bytes(spec[o..o + 8].try_into().unwrap_or([0; 8]));
+        let next = u32::from_ne_bytes(spec[20..24].try_into().unwrap_or([0; 4])) as usize;
+        let type_bytes = &spec[24..24 + DM_MAX_TYPE_NAME];
+        let type_len = type_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(DM_MAX_TYPE_NAME);
+        let rest = &out[at + SPEC_SIZE..];
+        let line_len = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| bad("unterminated line"))?;
+        targets.push((
+            word(0),
+            String::from_utf8_lossy(&type_bytes[..type_len]).into_owned(),
+            &rest[..line_len],
+        ));
+        if i + 1 < count {
+            if next <= at || next > out.len() {
+                return Err(bad("next target out of place"));
+            }
+            at = next;
+        }
+    }
+    Ok(targets)
+}
+
+/// Issues `DM_TABLE_STATUS` for `name` with `flags` and hands the targets to `inspect`.
+/// The buffer is zeroed afterwards: with `DM_STATUS_TABLE_FLAG` it holds key material.
+fn with_table<T>(
+    name: &str,
+    flags: u32,
+    inspect: impl FnOnce(&[(u64, String, &[u8])]) -> T,
+) -> io::Result<T> {
+    let mut req = DmRequest::new(name)?;
+    req.hdr.data_size = size_of::<DmRequest>() as u32;
+    req.hdr.flags = flags | DM_SECURE_DATA_FLAG;
+    let what = format!("device-mapper: reading the table of '{name}'");
+    let result = call(DM_TABLE_STATUS, &mut req, &what).and_then(|()| {
+        if req.hdr.flags & DM_BUFFER_FULL_FLAG != 0 {
+            return Err(io::Error::other(format!("{what}: larger than one page")));
+        }
+        let start = (req.hdr.data_start as usize).saturating_sub(HEADER_SIZE as usize);
+        let end = (req.hdr.data_size as usize).saturating_sub(HEADER_SIZE as usize);
+        let out = req.data.get(start..end.min(DATA_CAPACITY)).unwrap_or(&[]);
+        let targets =
+            parse_targets(out, req.hdr.target_count).map_err(|e| with_context(e, what.as_str()))?;
+        Ok(inspect(&targets))
+    });
+    req.data.fill(0);
+    std::hint::black_box(&req);
+    result
+}
+
+/// The targets of `name`'s active table. Read as status lines, so no key material is
+/// copied out, and with `DM_NOFLUSH_FLAG`, so that no target (thin-pool) commits its
+/// metadata to answer.
+pub fn targets(name: &str) -> io::Result<Vec<Target>> {
+    with_table(name, DM_NOFLUSH_FLAG, |ts| {
+        ts.iter()
+            .map(|(start, target_type, _)| Target {
+                start: *start,
+                target_type: target_type.clone(),
+            })
+            .collect()
+    })
+}
+
+/// Wipes the key of every dm-crypt target of `name`, which must be suspended (the kernel
+/// refuses key messages otherwise), and checks the table afterwards: a key is counted as
+/// wiped only when its table line no longer carries it. Whether the device holds dm-crypt
+/// keys is decided by its table, not by its name or uuid: a hand-made crypt table has
+/// no `CRYPT-` uuid, and cryptsetup's verity and integrity devices hold no key.
+pub fn wipe_crypt_keys(name: &str) -> io::Result<WipeReport> {
+    let crypt_starts: Vec<u64> = targets(name)?
+        .into_iter()
+        .filter(|t| t.target_type == "crypt")
+        .map(|t| t.start)
+        .collect();
+    if crypt_starts.is_empty() {
+        return Ok(WipeReport::default());
+    }
+    // A table of several dm-crypt segments has a key each: a message reaches the target
+    // covering its sector only.
+    let mut first_error = None;
+    for start in &crypt_starts {
+        if let Err(e) = message(name, *start, "key wipe") {
+            first_error.get_or_insert(e);
+        }
+    }
+    let wiped = with_table(name, DM_STATUS_TABLE_FLAG, |ts| {
+        ts.iter()
+            .filter(|(_, t, line)| t == "crypt" && !crypt_line_holds_key(line))
+            .count()
+    })?;
+    match first_error {
+        Some(e) if wiped < crypt_starts.len() => Err(e),
+        _ => Ok(WipeReport {
+            crypt_targets: crypt_starts.len(),
+            wiped,
+        }),
+    }
+}
+
+/// Whether the device-mapper device `name` still exists (`DM_DEV_STATUS` answers ENXIO
+/// for one that is gone).
+pub fn exists(name: &str) -> io::Result<bool> {
+    match info(name) {
+        Ok(_) => Ok(true),
+        Err(e) if super::devnode::errno(&e) == Some(libc::ENXIO) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::devnode::{abi_probe, errno};
@@ -382,6 +549,13 @@ mod tests {
     #[test]
     fn layout_matches_kernel_headers() {
         let h = DmIoctl::zeroed();
+        let spec = DmTargetSpec {
+            sector_start: 0,
+            length: 0,
+            status: 0,
+            next: 0,
+            target_type: [0; DM_MAX_TYPE_NAME],
+        };
         let r = DmRequest {
             hdr: DmIoctl::zeroed(),
             data: [0; DATA_CAPACITY],
@@ -410,6 +584,28 @@ mod tests {
             ("dm_ioctl.uuid.size", h.uuid.len() as u64),
             ("dm_ioctl.data.size", h.data.len() as u64),
             ("dm_target_msg.size", TARGET_MSG_HEADER as u64),
+            ("dm_target_spec.size", SPEC_SIZE as u64),
+            (
+                "dm_target_spec.sector_start",
+                abi_probe::offset(&spec, &spec.sector_start),
+            ),
+            (
+                "dm_target_spec.length",
+                abi_probe::offset(&spec, &spec.length),
+            ),
+            (
+                "dm_target_spec.status",
+                abi_probe::offset(&spec, &spec.status),
+            ),
+            ("dm_target_spec.next", abi_probe::offset(&spec, &spec.next)),
+            (
+                "dm_target_spec.target_type",
+                abi_probe::offset(&spec, &spec.target_type),
+            ),
+            ("DM_MAX_TYPE_NAME", DM_MAX_TYPE_NAME as u64),
+            ("DM_TABLE_STATUS", abi_probe::ioctl_code(DM_TABLE_STATUS)),
+            ("DM_STATUS_TABLE_FLAG", u64::from(DM_STATUS_TABLE_FLAG)),
+            ("DM_BUFFER_FULL_FLAG", u64::from(DM_BUFFER_FULL_FLAG)),
             ("dm_target_msg.sector", 0),
             ("dm_target_msg.message", TARGET_MSG_HEADER as u64),
             ("DM_NAME_LEN", DM_NAME_LEN as u64),
@@ -587,5 +783,72 @@ mod tests {
         // The kernel accepted our version and reported its own (4.x).
         assert_eq!(req.hdr.version[0], 4);
         println!("kernel dm interface {:?}", req.hdr.version);
+    }
+
+    /// `DM_TABLE_STATUS` output as the kernel lays it out: each spec 8-byte aligned,
+    /// `next` counted from the first spec.
+    fn table_output(targets: &[(u64, &str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, (start, kind, line)) in targets.iter().enumerate() {
+            let at = out.len();
+            out.extend_from_slice(&start.to_ne_bytes());
+            out.extend_from_slice(&100u64.to_ne_bytes());
+            out.extend_from_slice(&0i32.to_ne_bytes());
+            out.extend_from_slice(&0u32.to_ne_bytes());
+            let mut name = [0u8; DM_MAX_TYPE_NAME];
+            name[..kind.len()].copy_from_slice(kind.as_bytes());
+            out.extend_from_slice(&name);
+            out.extend_from_slice(line.as_bytes());
+            out.push(0);
+            while out.len() % 8 != 0 {
+                out.push(0);
+            }
+            if i + 1 < targets.len() {
+                let next = out.len() as u32;
+                out[at + 20..at + 24].copy_from_slice(&next.to_ne_bytes());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn table_targets_are_parsed_with_their_lines() {
+        let out = table_output(&[
+            (0, "linear", "252:0 2048"),
+            (4096, "crypt", "aes-xts-plain64 00ff 0 9:0 4096"),
+        ]);
+        let targets = parse_targets(&out, 2).unwrap();
+        assert_eq!(targets.len(), 2);
+        assert_eq!((targets[0].0, targets[0].1.as_str()), (0, "linear"));
+        assert_eq!(targets[0].2, b"252:0 2048");
+        assert_eq!((targets[1].0, targets[1].1.as_str()), (4096, "crypt"));
+        assert_eq!(targets[1].2, b"aes-xts-plain64 00ff 0 9:0 4096");
+    }
+
+    #[test]
+    fn malformed_table_output_is_an_error_not_a_panic() {
+        let out = table_output(&[(0, "linear", "252:0 2048"), (8, "crypt", "x")]);
+        assert!(parse_targets(&out[..30], 1).is_err());
+        assert!(parse_targets(&out, 3).is_err());
+        let mut looping = out.clone();
+        looping[20..24].copy_from_slice(&0u32.to_ne_bytes());
+        assert!(parse_targets(&looping, 2).is_err());
+        let unterminated = [out[..SPEC_SIZE].to_vec(), b"abc".to_vec()].concat();
+        assert!(parse_targets(&unterminated, 1).is_err());
+    }
+
+    #[test]
+    fn crypt_key_field_before_and_after_the_wipe() {
+        // LUKS1 / plain: the key in hex; LUKS2: a reference into the kernel keyring.
+        assert!(crypt_line_holds_key(b"aes-xts-plain64 0a1b2c3d 0 9:0 4096"));
+        assert!(crypt_line_holds_key(
+            b"aes-xts-plain64 :64:logon:cryptsetup:1234-d0 0 9:0 32768 1 allow_discards"
+        ));
+        // After "key wipe" the kernel prints its zeroed copy.
+        assert!(!crypt_line_holds_key(
+            b"aes-xts-plain64 0000000000000000 0 9:0 4096"
+        ));
+        assert!(!crypt_line_holds_key(b"cipher_null-ecb - 0 7:0 0"));
+        assert!(!crypt_line_holds_key(b""));
     }
 }

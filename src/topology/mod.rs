@@ -79,6 +79,71 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// The device-mapper devices in the order they can be suspended for the last resort
+    /// (devices that could not be removed are suspended with their writes flushed): every
+    /// device before the devices it sits on, since suspending one flushes its writes into
+    /// those below, which must still be running. Kernel-name order (`dm-0`, `dm-1`) is
+    /// usually bottom-up and would freeze the file system on an LV into a dm-crypt mapping
+    /// already suspended. Holders are followed through non-DM devices (DM on MD on DM).
+    /// Devices built on a loop device come before the others: the loop's file lives on a
+    /// file system on some other device, which sysfs does not link; the more loop devices
+    /// below, the earlier. A cycle (inconsistent sysfs) cannot stop it: what is left goes
+    /// in kernel-name order.
+    pub fn dm_top_down(&self) -> Vec<&BlockDev> {
+        let is_dm = |d: &BlockDev| matches!(d.kind, block::DevKind::Dm { .. });
+        let reach = |start: &BlockDev, next: &dyn Fn(&BlockDev) -> &[String]| {
+            let mut seen: Vec<&BlockDev> = Vec::new();
+            let mut todo: Vec<&str> = next(start).iter().map(String::as_str).collect();
+            while let Some(name) = todo.pop() {
+                let Some(d) = self.devices.get(name) else {
+                    continue;
+                };
+                if seen.iter().any(|s| s.name == d.name) {
+                    continue;
+                }
+                seen.push(d);
+                todo.extend(next(d).iter().map(String::as_str));
+            }
+            seen
+        };
+        let dms: Vec<&BlockDev> = self.devices.values().filter(|d| is_dm(d)).collect();
+        // For each DM device: the DM devices above it, and how many loop devices below.
+        let above: BTreeMap<&str, Vec<&str>> = dms
+            .iter()
+            .map(|d| {
+                let up = reach(d, &|x: &BlockDev| &x.holders);
+                let names = up.iter().filter(|x| is_dm(x)).map(|x| x.name.as_str());
+                (d.name.as_str(), names.collect())
+            })
+            .collect();
+        let loops_below = |d: &BlockDev| {
+            reach(d, &|x: &BlockDev| &x.slaves)
+                .iter()
+                .filter(|x| matches!(x.kind, block::DevKind::Loop { .. }))
+                .count()
+        };
+        let mut left = dms;
+        let mut order: Vec<&BlockDev> = Vec::new();
+        while !left.is_empty() {
+            let ready = left
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| {
+                    above[d.name.as_str()]
+                        .iter()
+                        .all(|a| order.iter().any(|o| o.name == *a))
+                })
+                // Most loops below first; among equals, kernel-name order (min_by_key
+                // keeps the first of equal keys).
+                .min_by_key(|(_, d)| std::cmp::Reverse(loops_below(d)))
+                .map(|(i, _)| i);
+            order.push(left.remove(ready.unwrap_or(0)));
+        }
+        order
+    }
+}
+
 /// Bitmap files from `/proc/mdstat`: an array's paragraph starts with `md0 : active ...`
 /// and may have a line `bitmap: 1/1 pages [4KB], 64KB chunk, file: /path`.
 pub fn mdstat_bitmap_files(text: &str) -> BTreeMap<String, String> {
@@ -103,6 +168,120 @@ pub fn mdstat_bitmap_files(text: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dev(name: &str, kind: block::DevKind, holders: &[&str], slaves: &[&str]) -> BlockDev {
+        BlockDev {
+            name: name.into(),
+            major: 0,
+            minor: 0,
+            kind,
+            holders: holders.iter().map(|s| s.to_string()).collect(),
+            slaves: slaves.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn dm(name: &str, uuid: &str) -> block::DevKind {
+        block::DevKind::Dm {
+            name: name.into(),
+            uuid: uuid.into(),
+            kind: block::dm_kind(uuid),
+        }
+    }
+
+    fn topology(devices: Vec<BlockDev>) -> Topology {
+        Topology {
+            devices: devices.into_iter().map(|d| (d.name.clone(), d)).collect(),
+            ..Topology::default()
+        }
+    }
+
+    fn names(order: Vec<&BlockDev>) -> Vec<&str> {
+        order.iter().map(|d| d.name.as_str()).collect()
+    }
+
+    /// Debian's installer layout: the dm-crypt mapping (dm-0) under the LVs (dm-1, dm-2)
+    /// gets the lower kernel name; suspended first it would stall the LVs' flush.
+    #[test]
+    fn dm_suspend_order_is_top_down_not_kernel_name_order() {
+        let t = topology(vec![
+            dev("vda", block::DevKind::Disk, &["md0"], &[]),
+            dev(
+                "md0",
+                block::DevKind::Md {
+                    level: "raid1".into(),
+                },
+                &["dm-0"],
+                &["vda"],
+            ),
+            dev(
+                "dm-0",
+                dm("md0_crypt", "CRYPT-LUKS2-x-md0_crypt"),
+                &["dm-1", "dm-2"],
+                &["md0"],
+            ),
+            dev("dm-1", dm("vg0-root", "LVM-a"), &[], &["dm-0"]),
+            dev("dm-2", dm("vg0-swap", "LVM-b"), &[], &["dm-0"]),
+        ]);
+        assert_eq!(names(t.dm_top_down()), ["dm-1", "dm-2", "dm-0"]);
+    }
+
+    /// Holders are followed through an MD array: DM over MD over DM.
+    #[test]
+    fn dm_suspend_order_follows_holders_through_md() {
+        let t = topology(vec![
+            dev("dm-0", dm("a", "CRYPT-PLAIN-a"), &["md9"], &[]),
+            dev(
+                "md9",
+                block::DevKind::Md {
+                    level: "raid1".into(),
+                },
+                &["dm-1"],
+                &["dm-0"],
+            ),
+            dev("dm-1", dm("top", ""), &[], &["md9"]),
+        ]);
+        assert_eq!(names(t.dm_top_down()), ["dm-1", "dm-0"]);
+    }
+
+    /// A device on a loop device whose file lives on the root LV goes before that LV:
+    /// suspending the LV freezes the file system that the loop device writes into.
+    #[test]
+    fn dm_suspend_order_puts_devices_on_loop_files_first() {
+        let t = topology(vec![
+            dev(
+                "dm-0",
+                dm("md0_crypt", "CRYPT-LUKS2-x-md0_crypt"),
+                &["dm-1"],
+                &[],
+            ),
+            dev("dm-1", dm("vg0-root", "LVM-a"), &[], &["dm-0"]),
+            dev(
+                "loop0",
+                block::DevKind::Loop {
+                    backing_file: Some("/var/stall.img".into()),
+                },
+                &["dm-2"],
+                &[],
+            ),
+            dev("dm-2", dm("stall", ""), &[], &["loop0"]),
+        ]);
+        assert_eq!(names(t.dm_top_down()), ["dm-2", "dm-1", "dm-0"]);
+    }
+
+    /// sysfs read while devices came and went can hold a cycle: every device is still
+    /// listed once.
+    #[test]
+    fn dm_suspend_order_survives_a_cycle() {
+        let t = topology(vec![
+            dev("dm-0", dm("a", ""), &["dm-1"], &["dm-1"]),
+            dev("dm-1", dm("b", ""), &["dm-0"], &["dm-0"]),
+            dev("dm-2", dm("c", ""), &[], &[]),
+        ]);
+        let mut order = names(t.dm_top_down());
+        assert_eq!(order.len(), 3);
+        order.sort();
+        assert_eq!(order, ["dm-0", "dm-1", "dm-2"]);
+    }
 
     #[test]
     fn bitmap_files_from_mdstat() {

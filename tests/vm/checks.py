@@ -4,12 +4,13 @@ checks its scenario names in control_fails."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 
 from .common import indent, tail
-from .logs import (find_line, harness_lines, has_line, inventory, messages, shutdown_excerpt,
-                   shutdown_seconds, stamped)
+from .logs import (exitrd_console_and_kernel_lines, find_line, harness_lines, has_line,
+                   inventory, messages, shutdown_excerpt, shutdown_seconds, stamped)
 from .qemu import Boot
 from .scenarios import GAVE_UP, SWITCH_LINES, UNABLE_FINALIZE, Rx, Scenario, pinned
 
@@ -78,6 +79,16 @@ def checks_test_boot(s: Scenario, b: Boot) -> list[Check]:
             c.append(Check(f"exitrd left {', '.join(s.left)}", not missing, f"left: {left}"))
         else:
             c.append(Check("exitrd left none", left == "none", f"left: {left}"))
+    if s.pivot:
+        # /dev/kmsg keeps only 10 lines per 5 s of each open file unless the command line
+        # says printk.devkmsg=on, which the VMs do not: every line must get through anyway.
+        console, kernel = exitrd_console_and_kernel_lines(text)
+        lost = collections.Counter(console) - collections.Counter(kernel)
+        c.append(Check("every exitrd console line reached the kernel log",
+                       bool(console) and not lost,
+                       f"{sum(lost.values())} of {len(console)} console lines not in the "
+                       f"kernel log, first: {next(iter(lost), None)!r}" if console
+                       else "no exitrd run on the console"))
     for l in s.kernel_lines:
         c.append(Check(f"kernel logged '{l}'", has_line(msgs, l), "absent"))
     if s.pivot:

@@ -87,6 +87,21 @@ def messages(text: str) -> list[str]:
     return [msg for _, msg in stamped(text)]
 
 
+def exitrd_console_and_kernel_lines(text: str) -> tuple[list[str], list[str]]:
+    """The shutdown runtime's lines as written to the console (no timestamp) and as the
+    kernel printed them from /dev/kmsg (timestamped), each from its 'running as PID 1'
+    line on: what came earlier is the boot's, written to the console only."""
+    start = re.compile(r"exitrd: exitrd \S+ running as PID 1: .*")
+    console: list[str] = []
+    kernel: list[str] = []
+    for ts, msg in stamped(text):
+        into = console if ts is None else kernel
+        if into or start.fullmatch(msg):
+            if msg.startswith("exitrd: "):
+                into.append(msg)
+    return console, kernel
+
+
 def find_line(msgs: list[str], p: str, start: int = 0) -> int | None:
     rx = line_pattern(p)
     return next((i for i in range(start, len(msgs)) if rx.fullmatch(msgs[i])), None)

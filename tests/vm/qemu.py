@@ -35,7 +35,9 @@ QEMU_BASE = [
     "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
     "-nic", "none",
 ]
-CMDLINE_BASE = "console=ttyS0 printk.devkmsg=on panic=-1"
+# Debian's defaults otherwise: no printk.devkmsg=on (it would hide /dev/kmsg's rate limit)
+# and no panic=-1 (it would hide a PID 1 that dies: Debian's kernel then hangs).
+CMDLINE_BASE = "console=ttyS0"
 
 
 @dataclasses.dataclass

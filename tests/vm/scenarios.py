@@ -231,6 +231,33 @@ scenario(
     control_fails=("log has 'exitrd: internal error:",),
 )
 scenario(
+    name="fault-abort", **{**FAULT_STACK, "closed": (), "closed_by_exitrd": ()},
+    inventory=False, test_extra="fault-panic.sh", append="exitrd.fault=abort",
+    expect=("exitrd: test fault exitrd.fault=abort: aborting after unmounting",
+            "exitrd: fatal: aborted (SIGABRT); emergency sync, then the final reboot call",
+            "sysrq: Emergency Sync complete"),
+    control_fails=("log has 'exitrd: fatal: aborted",),
+)
+# A root that can be neither unmounted nor made read-only (issue 10.1): exitrd suspends
+# what is left top-down, the root LV (its file system frozen and flushed on the way)
+# before the dm-crypt mapping under it, and wipes that mapping's key. Suspended in kernel
+# name order (md0_crypt is dm-0), the LV's flush would stall on the suspended mapping.
+scenario(
+    name="fault-stalled-root", **{**FAULT_STACK, "closed": (), "closed_by_exitrd": ()},
+    left=("stall", "vg0-root", "md0_crypt", "md0"),
+    test_extra="fault-stalled-root.sh",
+    expect=("harness: fault: / held by /dev/loop0 (/var/tmp/stall.img) under suspended dm "
+            "'stall', direct writer pid * in state D",
+            "exitrd: detached busy /oldroot lazily (could not make it read-only: *)"),
+    forbid=("exitrd: could not suspend *", "exitrd: could not wipe the key of *"),
+    expect_order=(
+        "exitrd: suspended vg0-root with its writes flushed (could not remove it)",
+        "exitrd: suspended md0_crypt with its writes flushed (could not remove it)",
+        "exitrd: wiped the key of dm-crypt mapping md0_crypt from memory "
+        "(checked: its table holds no key now)"),
+    control_fails=("in order: ", "data intact: root fs clean at next boot"),
+)
+scenario(
     name="fault-bad-input", **FAULT_STACK, kernel_lines=(MD0_STOPPED,),
     test_extra="fault-config.sh", append="exitrd.fault=verb:sing",
     final_line="reboot: Restarting system",

@@ -16,7 +16,8 @@ echo "50-hang: looping forever"
 while :; do :; done
 HOOK
 chmod 0755 /etc/exitrd/hooks/unmounted/50-hang
-exitrd prepare 2>/dev/kmsg
+exitrd prepare 2>/run/prepare.err || log "exitrd prepare failed"
+while IFS= read -r line; do log "prepare: $line"; done </run/prepare.err
 if [ -x /run/initramfs/hooks/unmounted/50-hang ] && [ -x /run/initramfs/bin/sh ]; then
 	log "hang hook in the payload, with /bin/sh"
 else

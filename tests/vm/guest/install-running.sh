@@ -12,12 +12,16 @@ if [ "${CONTROL:-0}" = 1 ]; then
 	log "control: nothing to install"
 else
 	[ -f "$deb" ] || { log "FAIL: no exitrd.deb on the HARNESS disk"; exit 1; }
-	DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" >/dev/kmsg 2>&1 || { log "FAIL: dpkg -i"; exit 1; }
+	# Through log, a line per write: one open of /dev/kmsg passes only 10 lines per 5 s.
+	DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" >/run/dpkg.out 2>&1 || rc=$?
+	while IFS= read -r line; do log "dpkg: $line"; done </run/dpkg.out
+	[ "${rc:-0}" = 0 ] || { log "FAIL: dpkg -i (exit $rc)"; exit 1; }
 fi
 rc=0
 : >/run/status.json
 if command -v exitrd >/dev/null; then
-	exitrd status --json >/run/status.json 2>/dev/kmsg || rc=$?
+	exitrd status --json >/run/status.json 2>/run/status.err || rc=$?
+	while IFS= read -r line; do log "status stderr: $line"; done </run/status.err
 else
 	rc=127
 fi
