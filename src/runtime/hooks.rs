@@ -18,8 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub const STAGES: &[&str] = &["start", "unmounted", "final"];
-
 /// Executable files in `dir`, in name order (`10-foo` before `50-bar`).
 pub fn list(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -36,6 +34,29 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
         .collect();
     hooks.sort();
     hooks
+}
+
+/// Makes `cmd` start with default signal dispositions and an empty signal mask. PID 1
+/// ignores SIGTERM, SIGINT, SIGHUP and SIGPIPE, and ignored signals stay ignored across
+/// exec: a hook or the break shell would otherwise be deaf to them (and `timeout`, `kill`
+/// and a closed pipe would not stop what it starts).
+pub fn with_default_signals(cmd: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs between fork and exec and only calls sigaction and
+    // sigprocmask, which are async-signal-safe, on stack data.
+    unsafe {
+        cmd.pre_exec(|| {
+            use nix::libc;
+            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE] {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &action, std::ptr::null_mut());
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        })
+    }
 }
 
 /// Runs every hook of `stage` under `hooks_root`, each bounded by `timeout` (and by what
@@ -56,7 +77,7 @@ pub fn run_stage(
                 .unwrap_or_default()
         );
         let started = Instant::now();
-        let child = Command::new(&hook)
+        let child = with_default_signals(&mut Command::new(&hook))
             .args([stage, verb])
             .env("EXITRD_STAGE", stage)
             .env("EXITRD_VERB", verb)
@@ -117,6 +138,36 @@ mod tests {
     fn script(path: &Path, body: &str) {
         fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
         fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// SIGHUP ignored here stands for PID 1's ignored signals: the child must not
+    /// inherit that (its SigIgn mask in /proc lacks the bit).
+    #[test]
+    fn hooks_start_with_default_signal_dispositions() {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        let ignored_bit = |child_status: &str| {
+            let line = child_status
+                .lines()
+                .find(|l| l.starts_with("SigIgn:"))
+                .expect("SigIgn line");
+            let mask = u64::from_str_radix(line["SigIgn:".len()..].trim(), 16).unwrap();
+            mask & (1 << (Signal::SIGHUP as u64 - 1)) != 0
+        };
+        let status_of = |cmd: &mut Command| {
+            let out = cmd.args(["-c", "cat /proc/self/status"]).output().unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        // SAFETY: SIG_IGN runs no code of ours; the previous disposition is put back.
+        let before = unsafe { signal(Signal::SIGHUP, SigHandler::SigIgn) }.unwrap();
+        let plain = status_of(&mut Command::new("/bin/sh"));
+        let reset = status_of(with_default_signals(&mut Command::new("/bin/sh")));
+        // SAFETY: restoring the disposition saved above.
+        unsafe { signal(Signal::SIGHUP, before) }.unwrap();
+        assert!(
+            ignored_bit(&plain),
+            "the control: an ignored signal is inherited"
+        );
+        assert!(!ignored_bit(&reset), "the hook still ignores SIGHUP");
     }
 
     #[test]

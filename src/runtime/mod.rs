@@ -576,8 +576,9 @@ impl Shutdown {
             });
             let mp = mount_point.clone();
             let detach = bounded(timeout, move || {
-                nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH)
-                    .map_err(io::Error::from)
+                let flags =
+                    nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW;
+                nix::mount::umount2(mp.as_str(), flags).map_err(io::Error::from)
             });
             match (detach, ro.is_done()) {
                 (Outcome::Done, true) => {
@@ -807,8 +808,10 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
             .map_err(io::Error::from)
         }),
         Step::SwapOff { path, .. } => bounded(timeout, move || swap::swapoff(Path::new(&path))),
+        // UMOUNT_NOFOLLOW: a mount point that became a symlink (a process of the old
+        // system can still rename and link until it is killed) must not lead elsewhere.
         Step::Unmount { mount_point, .. } => bounded(timeout, move || {
-            nix::mount::umount2(mount_point.as_str(), nix::mount::MntFlags::empty())
+            nix::mount::umount2(mount_point.as_str(), nix::mount::MntFlags::UMOUNT_NOFOLLOW)
                 .map_err(io::Error::from)
         }),
         Step::RemoveDm { name, device, .. } => {
@@ -938,7 +941,8 @@ fn break_shell(limit: Duration) {
         limit.as_secs()
     );
     log::flush_console();
-    let Ok(mut child) = std::process::Command::new(shell).spawn() else {
+    let Ok(mut child) = hooks::with_default_signals(&mut std::process::Command::new(shell)).spawn()
+    else {
         say!("could not start {shell}");
         return;
     };
@@ -1032,6 +1036,45 @@ mod tests {
             nix::libc::WTERMSIG(status)
         );
         assert_eq!(nix::libc::WEXITSTATUS(status), 128 + nix::libc::SIGABRT);
+    }
+
+    /// A mount point replaced by a symlink to another mount point: the unmount step must
+    /// not follow it and unmount the other file system.
+    #[test]
+    #[ignore = "needs root: mounts a tmpfs"]
+    fn unmount_does_not_follow_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("exitrd-nofollow-{}", std::process::id()));
+        let target = dir.join("mounted");
+        let link = dir.join("link");
+        std::fs::create_dir_all(&target).unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let step = Step::Unmount {
+            mount_point: link.to_string_lossy().into_owned(),
+            fstype: "tmpfs".into(),
+            source: "tmpfs".into(),
+            device: None,
+        };
+        let outcome = execute(&step, &Topology::default(), Duration::from_secs(5));
+        let still_mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&*target.to_string_lossy());
+        if still_mounted {
+            let _ = nix::mount::umount(&target);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!outcome.is_done(), "the symlink was followed: {outcome}");
+        assert!(
+            still_mounted,
+            "the file system behind the symlink was unmounted"
+        );
     }
 
     #[test]

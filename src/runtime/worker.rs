@@ -6,7 +6,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe, read, write, ForkResult, Pid};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -57,14 +57,19 @@ impl std::fmt::Display for Outcome {
 /// The child reports failure as its exit code (the errno, or 255) and writes the error
 /// text into a pipe, so the parent can log exactly what the kernel said.
 pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outcome {
-    let Ok((reader, writer)) = pipe() else {
-        // No pipe, no fork either most likely: do it inline rather than not at all.
-        return inline(op);
+    let (reader, writer, forked) = match start_worker() {
+        Ok(started) => started,
+        // Not run inline: an operation that can block forever must never run in PID 1
+        // without a bound. The caller logs the step as failed and the shutdown goes on.
+        Err(e) => {
+            return Outcome::Failed(io::Error::new(
+                e.kind(),
+                format!("cannot start a worker ({e}): not run, since it could block for good"),
+            ))
+        }
     };
-    // SAFETY: the shutdown runtime is single-threaded, so the child inherits no lock held
-    // by another thread; the child only runs `op` and leaves with _exit.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
+    match forked {
+        ForkResult::Child => {
             IN_WORKER.store(true, Ordering::Relaxed);
             drop(reader);
             let code = match op() {
@@ -77,7 +82,7 @@ pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outco
             // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
             unsafe { nix::libc::_exit(code) }
         }
-        Ok(ForkResult::Parent { child }) => {
+        ForkResult::Parent { child } => {
             drop(writer);
             let outcome = wait_for(child, timeout);
             match outcome {
@@ -95,8 +100,43 @@ pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outco
                 other => other,
             }
         }
-        Err(_) => inline(op),
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests make worker starts fail on their own thread.
+    static FAIL_STARTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A pipe and a forked child, retried briefly: fork fails with EAGAIN while memory or
+/// the process table is short, which the kill of the old system's processes relieves.
+fn start_worker() -> io::Result<(OwnedFd, OwnedFd, ForkResult)> {
+    let mut last = io::Error::other("no attempt");
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        #[cfg(test)]
+        if FAIL_STARTS.with(|f| f.get()) {
+            last = io::Error::from_raw_os_error(nix::libc::EAGAIN);
+            continue;
+        }
+        let (reader, writer) = match pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                last = e.into();
+                continue;
+            }
+        };
+        // SAFETY: the shutdown runtime is single-threaded, so the child inherits no lock
+        // held by another thread; the child only runs the operation and leaves with _exit.
+        match unsafe { fork() } {
+            Ok(forked) => return Ok((reader, writer, forked)),
+            Err(e) => last = e.into(),
+        }
+    }
+    Err(last)
 }
 
 /// Runs `op` in a worker that writes its result into a pipe, and returns what it wrote:
@@ -109,13 +149,12 @@ pub fn bounded_output<F: FnOnce(&mut std::fs::File) -> io::Result<()>>(
     timeout: Duration,
     op: F,
 ) -> (Outcome, Vec<u8>) {
-    let (reader, writer) = match pipe() {
-        Ok(p) => p,
-        Err(e) => return (Outcome::Failed(io::Error::from(e)), Vec::new()),
+    let (reader, writer, forked) = match start_worker() {
+        Ok(started) => started,
+        Err(e) => return (Outcome::Failed(e), Vec::new()),
     };
-    // SAFETY: as in `bounded`: single-threaded parent, the child leaves with _exit.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
+    match forked {
+        ForkResult::Child => {
             IN_WORKER.store(true, Ordering::Relaxed);
             drop(reader);
             let mut out = std::fs::File::from(writer);
@@ -126,7 +165,7 @@ pub fn bounded_output<F: FnOnce(&mut std::fs::File) -> io::Result<()>>(
             // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
             unsafe { nix::libc::_exit(code) }
         }
-        Ok(ForkResult::Parent { child }) => {
+        ForkResult::Parent { child } => {
             drop(writer);
             let mut out = Vec::new();
             let fd = reader.as_raw_fd();
@@ -168,7 +207,6 @@ pub fn bounded_output<F: FnOnce(&mut std::fs::File) -> io::Result<()>>(
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        Err(e) => (Outcome::Failed(io::Error::from(e)), Vec::new()),
     }
 }
 
@@ -196,13 +234,6 @@ pub fn errno(e: &io::Error) -> Option<i32> {
             .downcast_ref::<WorkerError>()
             .and_then(|w| w.errno)
     })
-}
-
-fn inline<F: FnOnce() -> io::Result<()>>(op: F) -> Outcome {
-    match op() {
-        Ok(()) => Outcome::Done,
-        Err(e) => Outcome::Failed(e),
-    }
 }
 
 fn wait_for(child: Pid, timeout: Duration) -> Outcome {
@@ -251,6 +282,34 @@ pub fn reap_all() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No worker, no operation: it must not run in the calling process (PID 1) where
+    /// nothing could bound it.
+    #[test]
+    fn without_a_worker_nothing_runs_inline() {
+        use std::sync::atomic::AtomicBool;
+        static RAN: AtomicBool = AtomicBool::new(false);
+        FAIL_STARTS.with(|f| f.set(true));
+        let outcome = bounded(Duration::from_secs(1), || {
+            RAN.store(true, Ordering::Relaxed);
+            Ok(())
+        });
+        let (output_outcome, out) = bounded_output(Duration::from_secs(1), |_| {
+            RAN.store(true, Ordering::Relaxed);
+            Ok(())
+        });
+        FAIL_STARTS.with(|f| f.set(false));
+        assert!(
+            !RAN.load(Ordering::Relaxed),
+            "the operation ran without a worker"
+        );
+        assert!(matches!(outcome, Outcome::Failed(_)), "{outcome}");
+        assert!(
+            outcome.to_string().contains("cannot start a worker"),
+            "{outcome}"
+        );
+        assert!(matches!(output_outcome, Outcome::Failed(_)) && out.is_empty());
+    }
 
     #[test]
     fn done_failed_and_timed_out() {
