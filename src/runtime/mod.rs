@@ -10,6 +10,7 @@
 //! deadline, the watchdog is fed throughout, and every path, panics included, ends in
 //! [`reboot::finish`].
 
+pub mod deadline;
 pub mod hooks;
 pub mod log;
 pub mod procs;
@@ -24,6 +25,7 @@ use crate::teardown::{devnode, dm, loopdev, md, nbd, swap};
 use crate::topology::block::{DevKind, DmKind};
 use crate::topology::Topology;
 use crate::{debug, say};
+use deadline::Deadline;
 use reboot::Verb;
 use schedule::{Executor, Limits, Progress};
 use std::io;
@@ -33,8 +35,6 @@ use std::time::{Duration, Instant};
 use worker::{bounded, Outcome};
 
 const OLDROOT: &str = "/oldroot";
-/// Kept for the final sync and reboot call when systemd's `--timeout` bounds the run.
-const FINAL_RESERVE: Duration = Duration::from_secs(5);
 /// How long an MD array may stay busy after the device above it was closed.
 const MD_SETTLE: Duration = Duration::from_secs(2);
 /// Where the payload lives after the pivot: the root of the exitrd tmpfs.
@@ -71,7 +71,7 @@ pub fn parse_args(args: &[String]) -> Args {
 /// The bound for the whole run: the configured timeout, but inside systemd's own.
 pub fn budget(cfg: &Config, systemd_timeout: Option<Duration>) -> Duration {
     let within_systemd = systemd_timeout
-        .map(|t| t.saturating_sub(FINAL_RESERVE))
+        .map(|t| t.saturating_sub(deadline::RESERVE))
         .filter(|t| !t.is_zero())
         .unwrap_or(cfg.timeout);
     cfg.timeout.min(within_systemd)
@@ -107,7 +107,10 @@ fn install_panic_hook() {
         // One line: the panic message may contain newlines.
         let text = info.to_string().replace('\n', " ");
         say!("internal error: {text}; finishing the shutdown");
-        reboot::finish(verb_from_code(VERB_FOR_PANIC.load(Ordering::Relaxed)))
+        reboot::finish(
+            verb_from_code(VERB_FOR_PANIC.load(Ordering::Relaxed)),
+            reboot::FINAL_SYNC_TIMEOUT,
+        )
     }));
 }
 
@@ -334,8 +337,7 @@ pub fn run(args: &[String]) -> ! {
     let mut shutdown = Shutdown {
         cfg,
         verb,
-        started,
-        deadline: budget,
+        deadline: Deadline::new(started, budget),
         progress: Progress::default(),
         faults,
         initial_devices: Vec::new(),
@@ -344,18 +346,22 @@ pub fn run(args: &[String]) -> ! {
     shutdown.run_hooks("final");
     shutdown.inventory();
     if shutdown.cfg.break_shell {
+        // Not cut to the deadline: asked for on purpose, with its own bound.
         break_shell(shutdown.cfg.shell_timeout);
     }
     say!("finished in {:.1}s", started.elapsed().as_secs_f64());
-    reboot::finish(verb)
+    reboot::finish(
+        verb,
+        shutdown
+            .deadline
+            .cap_last_resort(reboot::FINAL_SYNC_TIMEOUT),
+    )
 }
 
 struct Shutdown {
     cfg: Config,
     verb: Verb,
-    started: Instant,
-    /// Elapsed time by which the teardown must be over.
-    deadline: Duration,
+    deadline: Deadline,
     progress: Progress,
     faults: Faults,
     /// Closable devices when the teardown began (kernel name, display name): the
@@ -398,7 +404,7 @@ impl Executor for Real<'_> {
     }
 
     fn elapsed(&self) -> Duration {
-        self.shutdown.started.elapsed()
+        self.shutdown.deadline.elapsed()
     }
 
     fn pause(&mut self, d: Duration) {
@@ -438,7 +444,7 @@ fn any_step(_: &Step) -> bool {
 impl Shutdown {
     fn limits(&self) -> Limits {
         Limits {
-            deadline: self.deadline,
+            deadline: self.deadline.budget(),
             step_timeout: self.cfg.step_timeout,
             max_passes: 8,
         }
@@ -457,14 +463,14 @@ impl Shutdown {
         if progress.out_of_time {
             say!(
                 "deadline of {}s reached: going on to power off",
-                self.deadline.as_secs()
+                self.deadline.budget().as_secs()
             );
         }
         self.progress = progress;
     }
 
     fn out_of_time(&self) -> bool {
-        self.started.elapsed() >= self.deadline
+        self.deadline.passed()
     }
 
     /// Runs the hooks of `stage`; returns how many failed or were killed.
@@ -473,9 +479,8 @@ impl Shutdown {
             return 0;
         }
         write_inventory_file();
-        // Hooks get their normal time even late: the final ones may matter most.
-        let left = self.deadline.saturating_sub(self.started.elapsed());
-        let timeout = self.cfg.step_timeout.min(left.max(Duration::from_secs(2)));
+        // Hooks get a try even late: the final ones may matter most.
+        let timeout = self.deadline.cap_last_resort(self.cfg.step_timeout);
         hooks::run_stage(
             Path::new(HOOKS_DIR),
             stage,
@@ -487,7 +492,7 @@ impl Shutdown {
     }
 
     fn teardown(&mut self) {
-        reboot::bounded_sync(self.cfg.step_timeout);
+        reboot::bounded_sync(self.deadline.cap(self.cfg.step_timeout));
         let Some(topo) = read_topology() else { return };
         if !oldroot_mounted(&topo) {
             say!("{OLDROOT} is not mounted: not started by systemd's pivot, nothing to take down");
@@ -509,7 +514,7 @@ impl Shutdown {
             }
         }
         self.run_hooks("start");
-        procs::end_processes(true, self.cfg.kill_grace);
+        procs::end_processes(true, self.deadline.cap(self.cfg.kill_grace));
 
         self.passes(&|s: &Step| !is_device_step(s));
         if self.faults.panic {
@@ -524,7 +529,7 @@ impl Shutdown {
 
         // What is left may be held by the processes spared so far.
         if self.work_left() && !procs::list(Path::new("/proc")).is_empty() && !self.out_of_time() {
-            procs::end_processes(false, self.cfg.kill_grace);
+            procs::end_processes(false, self.deadline.cap(self.cfg.kill_grace));
             if hooks_failed > 0 {
                 // A hook may have failed over what those processes held (a ZFS dataset
                 // they kept mounted keeps its pool from exporting): unmount first, then
@@ -558,8 +563,10 @@ impl Shutdown {
     /// be lost), then detach them lazily so at least the mount tree is gone.
     fn force_unmounts(&mut self) {
         let Some(topo) = read_topology() else { return };
-        let timeout = self.cfg.step_timeout.min(Duration::from_secs(5));
+        let step_timeout = self.cfg.step_timeout.min(Duration::from_secs(5));
         for step in plan::plan(&topo, &PlanOptions::shutdown()).steps {
+            // What is busy now may be what holds the data: a try even after the deadline.
+            let timeout = self.deadline.cap_last_resort(step_timeout);
             let Step::Unmount { mount_point, .. } = step else {
                 continue;
             };
@@ -610,10 +617,11 @@ impl Shutdown {
         if leftovers.is_empty() {
             return;
         }
-        reboot::bounded_sync(self.cfg.step_timeout);
-        // The last safety net: bounded, but not skipped when the deadline has passed.
-        let timeout = self.cfg.step_timeout.min(FINAL_RESERVE);
+        reboot::bounded_sync(self.deadline.cap_last_resort(self.cfg.step_timeout));
+        // The last safety net: run even when the deadline has passed, within its reserve.
+        let step = self.cfg.step_timeout.min(deadline::RESERVE);
         for name in leftovers {
+            let timeout = self.deadline.cap_last_resort(step);
             let n = name.clone();
             match bounded(timeout, move || dm::suspend(&n, true)) {
                 Outcome::Done => {
@@ -625,7 +633,7 @@ impl Shutdown {
                 }
             }
             if self.cfg.wipe_keys {
-                wipe_keys(&name, timeout);
+                wipe_keys(&name, self.deadline.cap_last_resort(step));
             }
         }
     }

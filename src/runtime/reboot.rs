@@ -37,6 +37,9 @@ impl Verb {
     }
 }
 
+/// The final sync's bound when no deadline cuts it (after a panic).
+pub const FINAL_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Flushes file systems with a deadline: `sync(2)` can block for long on a dead device.
 pub fn bounded_sync(timeout: Duration) {
     let outcome = bounded(timeout, || {
@@ -83,8 +86,8 @@ fn restart2(arg: &str) -> nix::Result<()> {
 
 /// Syncs and calls `reboot(2)`. Never returns: if the call fails, it tries a plain reboot,
 /// and then keeps trying, because returning would make PID 1 exit and the kernel panic.
-pub fn finish(verb: Verb) -> ! {
-    bounded_sync(Duration::from_secs(10));
+pub fn finish(verb: Verb, sync_timeout: Duration) -> ! {
+    bounded_sync(sync_timeout);
     let mode = match verb {
         Verb::Reboot => RebootMode::RB_AUTOBOOT,
         Verb::PowerOff => RebootMode::RB_POWER_OFF,
