@@ -133,6 +133,15 @@ pub(crate) fn dm_kind(uuid: &str) -> DmKind {
     }
 }
 
+/// Whether the NBD device `name` is connected: its size is not zero. The kernel sets
+/// the size when a client connects and clears it when the last user lets go. Also asked
+/// by the teardown, which waits for a disconnect to show here.
+pub fn nbd_connected(class_dir: &Path, name: &str) -> bool {
+    read_trimmed(&class_dir.join(name).join("size"))
+        .and_then(|s| s.parse::<u64>().ok())
+        .is_some_and(|s| s > 0)
+}
+
 /// The disk a partition belongs to. On a live system `sys/class/block/<part>` is a symlink
 /// into the disk's directory; fixtures store plain directories, so fall back to the naming
 /// rules (`vda1` -> `vda`, `nvme0n1p1`/`loop0p1` -> `nvme0n1`/`loop0`).
@@ -193,7 +202,7 @@ pub fn read(root: &Path) -> BTreeMap<String, BlockDev> {
             }
         } else if name.starts_with("nbd") {
             DevKind::Nbd {
-                connected: crate::teardown::nbd::connected(&class_dir, name),
+                connected: nbd_connected(&class_dir, name),
             }
         } else {
             DevKind::Disk
@@ -239,6 +248,19 @@ mod tests {
             Some("md0")
         );
         assert_eq!(partition_parent(dir, "sdz1", &known), None);
+    }
+
+    #[test]
+    fn nbd_connected_reads_the_size() {
+        let dir = std::env::temp_dir().join(format!("exitrd-nbd-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("nbd0")).unwrap();
+        std::fs::create_dir_all(dir.join("nbd1")).unwrap();
+        std::fs::write(dir.join("nbd0/size"), "6291456\n").unwrap();
+        std::fs::write(dir.join("nbd1/size"), "0\n").unwrap();
+        assert!(nbd_connected(&dir, "nbd0"));
+        assert!(!nbd_connected(&dir, "nbd1"));
+        assert!(!nbd_connected(&dir, "nbd2"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

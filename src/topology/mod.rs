@@ -1,5 +1,9 @@
 //! Reading the machine: mounts, swaps and the block device graph. Every reader takes the
 //! root of the tree to read (`/` on a live machine, a fixture directory in tests).
+//!
+//! A leaf: nothing here uses the teardown or the runtime. Both build on these readers,
+//! and `exitrd plan` and the tests use them on machines and fixtures where no device may
+//! be touched.
 
 pub mod block;
 pub mod mountinfo;
