@@ -153,6 +153,38 @@ impl Step {
         }
     }
 
+    /// The same line in the past tense, logged once the step is done. The VM tests match
+    /// these lines whole: a change of wording is a change of the tests.
+    pub fn describe_done(&self) -> String {
+        match self {
+            Step::MoveOut { mount_point, to } => {
+                format!("moved {mount_point} to {to}: still needed")
+            }
+            Step::SwapOff { path, .. } => format!("swapoff {path}"),
+            Step::Unmount {
+                mount_point,
+                fstype,
+                source,
+                ..
+            } => format!("unmounted {mount_point} ({fstype} on {source})"),
+            Step::RemoveDm { device, name, kind } => match kind {
+                DmKind::Lvm => format!("removed LVM volume {name} ({device})"),
+                DmKind::Crypt => {
+                    format!("closed dm-crypt mapping {name} ({device}): key wiped from memory")
+                }
+                DmKind::Other => format!("removed device-mapper device {name} ({device})"),
+            },
+            Step::StopMd { device, level } => format!("stopped MD array {device} ({level})"),
+            Step::DetachLoop {
+                device,
+                backing_file,
+            } => format!("detached loop device {device} from {backing_file}"),
+            Step::DisconnectNbd { device } => {
+                format!("disconnected network block device {device}")
+            }
+        }
+    }
+
     /// The kernel block device this step closes, if it closes one.
     pub fn closes_device(&self) -> Option<&str> {
         match self {

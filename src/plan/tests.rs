@@ -524,3 +524,65 @@ fn md_external_bitmap_stops_the_array_before_unmounting_the_bitmap() {
         ]
     );
 }
+
+/// The runtime logs these lines as each step is done, and the VM tests match them whole.
+#[test]
+fn every_step_says_what_was_done_in_the_words_the_vm_tests_match() {
+    let steps = [
+        Step::MoveOut {
+            mount_point: "/oldroot/run/media".into(),
+            to: "/exitrd-held/31".into(),
+        },
+        Step::SwapOff {
+            path: "/dev/dm-2".into(),
+            device: Some("dm-2".into()),
+        },
+        Step::Unmount {
+            mount_point: "/oldroot".into(),
+            fstype: "ext4".into(),
+            source: "/dev/mapper/vg0-root".into(),
+            device: Some("dm-1".into()),
+        },
+        Step::RemoveDm {
+            device: "dm-1".into(),
+            name: "vg0-root".into(),
+            kind: DmKind::Lvm,
+        },
+        Step::RemoveDm {
+            device: "dm-0".into(),
+            name: "md0_crypt".into(),
+            kind: DmKind::Crypt,
+        },
+        Step::RemoveDm {
+            device: "dm-3".into(),
+            name: "late-top".into(),
+            kind: DmKind::Other,
+        },
+        Step::StopMd {
+            device: "md0".into(),
+            level: "raid1".into(),
+        },
+        Step::DetachLoop {
+            device: "loop0".into(),
+            backing_file: "/oldroot/run/late1.img".into(),
+        },
+        Step::DisconnectNbd {
+            device: "nbd0".into(),
+        },
+    ];
+    let done: Vec<String> = steps.iter().map(|s| s.describe_done()).collect();
+    assert_eq!(
+        done,
+        vec![
+            "moved /oldroot/run/media to /exitrd-held/31: still needed",
+            "swapoff /dev/dm-2",
+            "unmounted /oldroot (ext4 on /dev/mapper/vg0-root)",
+            "removed LVM volume vg0-root (dm-1)",
+            "closed dm-crypt mapping md0_crypt (dm-0): key wiped from memory",
+            "removed device-mapper device late-top (dm-3)",
+            "stopped MD array md0 (raid1)",
+            "detached loop device loop0 from /oldroot/run/late1.img",
+            "disconnected network block device nbd0",
+        ]
+    );
+}

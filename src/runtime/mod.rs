@@ -758,29 +758,7 @@ fn log_outcome(step: &Step, outcome: &Outcome) {
         say!("could not {}: {outcome}", step.describe());
         return;
     };
-    match step {
-        Step::MoveOut { mount_point, to } => say!("moved {mount_point} to {to}: still needed"),
-        Step::SwapOff { path, .. } => say!("swapoff {path}"),
-        Step::Unmount {
-            mount_point,
-            fstype,
-            source,
-            ..
-        } => say!("unmounted {mount_point} ({fstype} on {source})"),
-        Step::RemoveDm { device, name, kind } => match kind {
-            DmKind::Crypt => {
-                say!("closed dm-crypt mapping {name} ({device}): key wiped from memory")
-            }
-            DmKind::Lvm => say!("removed LVM volume {name} ({device})"),
-            DmKind::Other => say!("removed device-mapper device {name} ({device})"),
-        },
-        Step::StopMd { device, level } => say!("stopped MD array {device} ({level})"),
-        Step::DetachLoop {
-            device,
-            backing_file,
-        } => say!("detached loop device {device} from {backing_file}"),
-        Step::DisconnectNbd { device } => say!("disconnected network block device {device}"),
-    }
+    say!("{}", step.describe_done());
 }
 
 /// `exitrd.break=shell`: a shell on the console before the final reboot, bounded so an
