@@ -1,5 +1,6 @@
+use super::tree::MAX_TREE_NODES;
 use super::*;
-use crate::topology::block::BlockDev;
+use crate::topology::block::{BlockDev, DevKind, DmKind};
 use crate::topology::mountinfo;
 use crate::topology::swaps::Swap;
 
