@@ -6,6 +6,7 @@ use super::graph::{Graph, Node};
 use super::order::Order;
 use super::Step;
 use crate::topology::block::{BlockDev, DevKind};
+use crate::topology::mountinfo::MountPath;
 
 pub(super) fn steps(graph: &Graph, order: Order) -> Vec<Step> {
     let topo = graph.topo;
@@ -22,7 +23,9 @@ pub(super) fn steps(graph: &Graph, order: Order) -> Vec<Step> {
             Node::Mount(i) => {
                 let m = &topo.mounts[i];
                 Some(Step::Unmount {
-                    mount_point: moved_path(i).unwrap_or_else(|| m.mount_point.clone()),
+                    mount_point: moved_path(i)
+                        .map(MountPath::from)
+                        .unwrap_or_else(|| m.mount_point.clone()),
                     fstype: m.fstype.clone(),
                     source: m.source.clone(),
                     device: topo

@@ -222,7 +222,10 @@ fn mount_holding(topo: &Topology, candidates: &[usize], path: &str) -> Option<us
         .iter()
         .copied()
         .filter(|&i| in_scope(path, &topo.mounts[i].mount_point))
-        .max_by_key(|&i| (topo.mounts[i].mount_point.len(), topo.mounts[i].id))
+        .max_by_key(|&i| {
+            let m = &topo.mounts[i];
+            (m.mount_point.as_bytes().len(), m.id)
+        })
 }
 
 /// The directories an overlay mount is built from (`lowerdir`, `upperdir`, `workdir`,

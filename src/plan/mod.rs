@@ -100,9 +100,16 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-pub fn in_scope(path: &str, scope: &str) -> bool {
-    let scope = scope.trim_end_matches('/');
-    scope.is_empty() || path == scope || path.starts_with(&format!("{scope}/"))
+/// Whether `path` is `scope` or below it. On bytes: mount points need not be UTF-8.
+pub fn in_scope(path: impl AsRef<[u8]>, scope: impl AsRef<[u8]>) -> bool {
+    let (path, mut scope) = (path.as_ref(), scope.as_ref());
+    while let Some(shorter) = scope.strip_suffix(b"/") {
+        scope = shorter;
+    }
+    scope.is_empty()
+        || path
+            .strip_prefix(scope)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
 }
 
 /// The mounts the plan takes down, in mountinfo order.

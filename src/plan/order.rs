@@ -102,7 +102,8 @@ pub(super) fn order(graph: &Graph, ranking: &Ranking) -> Order {
             Reverse(
                 topo.mounts[mv.mount]
                     .mount_point
-                    .split('/')
+                    .as_bytes()
+                    .split(|&b| b == b'/')
                     .filter(|c| !c.is_empty())
                     .count(),
             )

@@ -3,6 +3,7 @@
 //! step succeeds), side by side so that the two tenses stay in step.
 
 use crate::topology::block::DmKind;
+use crate::topology::mountinfo::MountPath;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -13,7 +14,7 @@ pub enum Step {
     /// system of an MD array's external bitmap, an overlay's layers. It is unmounted
     /// from its new place once what needs it is gone.
     MoveOut {
-        mount_point: String,
+        mount_point: MountPath,
         to: String,
     },
     SwapOff {
@@ -21,7 +22,7 @@ pub enum Step {
         device: Option<String>,
     },
     Unmount {
-        mount_point: String,
+        mount_point: MountPath,
         fstype: String,
         source: String,
         device: Option<String>,

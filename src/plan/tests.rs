@@ -134,7 +134,7 @@ fn shutdown_scope_takes_only_oldroot_children_first() {
         .steps
         .iter()
         .filter_map(|s| match s {
-            Step::Unmount { mount_point, .. } => Some(mount_point.as_str()),
+            Step::Unmount { mount_point, .. } => Some(mount_point.as_lossy_str()),
             _ => None,
         })
         .collect();
@@ -585,5 +585,41 @@ fn every_step_says_what_was_done_in_the_words_the_vm_tests_match() {
             "detached loop device loop0 from /oldroot/run/late1.img",
             "disconnected network block device nbd0",
         ]
+    );
+}
+
+/// Mount points need not be UTF-8: scopes compare bytes, so two paths that differ only in
+/// such a byte are not taken for one another.
+#[test]
+fn scopes_compare_bytes() {
+    assert!(in_scope(&b"/mnt/caf\xe9/sub"[..], &b"/mnt/caf\xe9"[..]));
+    assert!(!in_scope(&b"/mnt/caf\xe8/sub"[..], &b"/mnt/caf\xe9"[..]));
+    assert!(in_scope(&b"/mnt/caf\xe9"[..], "/mnt/"));
+}
+
+/// A mount point that is not UTF-8 reaches its step with its exact bytes: `umount2` must
+/// get the path the kernel knows, not one with U+FFFD in place of the odd bytes. The two
+/// mount points here differ only in a byte that is not UTF-8.
+#[test]
+fn unmount_steps_carry_mount_points_that_are_not_utf8_exactly() {
+    let topo = topo_of(
+        "22 1 252:1 / / rw - ext4 /dev/vda1 rw\n\
+         30 22 254:1 / /mnt/caf\\351 rw - ext4 /dev/vdb1 rw\n\
+         31 22 254:2 / /mnt/caf\\350 rw - ext4 /dev/vdb2 rw\n",
+        Vec::new(),
+        &[],
+    );
+    let p = plan(&topo, &PlanOptions::live());
+    let unmounted: Vec<&[u8]> = p
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Unmount { mount_point, .. } => Some(mount_point.as_bytes()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        unmounted,
+        vec![&b"/mnt/caf\xe8"[..], &b"/mnt/caf\xe9"[..], &b"/"[..]]
     );
 }

@@ -105,7 +105,7 @@ pub fn storage_roots(topo: &Topology, opts: &PlanOptions, plan: &Plan) -> Vec<St
         .filter_map(|m| {
             let d = topo.device_by_number(m.major, m.minor)?;
             Some(StorageRoot {
-                used_as: m.mount_point.clone(),
+                used_as: m.mount_point.to_string(),
                 fstype: m.fstype.clone(),
                 tree: device_tree(topo, d),
             })
@@ -124,7 +124,7 @@ pub fn storage_roots(topo: &Topology, opts: &PlanOptions, plan: &Plan) -> Vec<St
     roots.extend(in_scope.iter().filter(|m| m.fstype == "zfs").map(|m| {
         let pool = m.source.split('/').next().unwrap_or_default().to_string();
         StorageRoot {
-            used_as: m.mount_point.clone(),
+            used_as: m.mount_point.to_string(),
             fstype: m.fstype.clone(),
             tree: DeviceTree {
                 device: pool.clone(),

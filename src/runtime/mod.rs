@@ -466,7 +466,7 @@ impl Shutdown {
             let ro = bounded(timeout, move || {
                 nix::mount::mount(
                     None::<&str>,
-                    mp.as_str(),
+                    mp.as_path(),
                     None::<&str>,
                     nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
                     None::<&str>,
@@ -475,7 +475,7 @@ impl Shutdown {
             });
             let mp = mount_point.clone();
             let detach = bounded(timeout, move || {
-                nix::mount::umount2(mp.as_str(), nix::mount::MntFlags::MNT_DETACH)
+                nix::mount::umount2(mp.as_path(), nix::mount::MntFlags::MNT_DETACH)
                     .map_err(io::Error::from)
             });
             match (detach, ro.is_done()) {
@@ -626,9 +626,10 @@ fn name_blockers(step: &Step) {
     match step {
         Step::Unmount { mount_point, .. } => {
             let mount_points: Vec<String> = read_topology()
-                .map(|t| t.mounts.into_iter().map(|m| m.mount_point).collect())
+                .map(|t| t.mounts.iter().map(|m| m.mount_point.to_string()).collect())
                 .unwrap_or_default();
-            for b in procs::blockers(mount_point, &mount_points).iter().take(10) {
+            let blockers = procs::blockers(mount_point.as_lossy_str(), &mount_points);
+            for b in blockers.iter().take(10) {
                 say!("  {mount_point} is held by {b}");
             }
         }
@@ -665,7 +666,7 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
         Step::MoveOut { mount_point, to } => bounded(timeout, move || {
             std::fs::create_dir_all(&to)?;
             nix::mount::mount(
-                Some(mount_point.as_str()),
+                Some(mount_point.as_path()),
                 to.as_str(),
                 None::<&str>,
                 nix::mount::MsFlags::MS_MOVE,
@@ -675,7 +676,7 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
         }),
         Step::SwapOff { path, .. } => bounded(timeout, move || swap::swapoff(Path::new(&path))),
         Step::Unmount { mount_point, .. } => bounded(timeout, move || {
-            nix::mount::umount2(mount_point.as_str(), nix::mount::MntFlags::empty())
+            nix::mount::umount2(mount_point.as_path(), nix::mount::MntFlags::empty())
                 .map_err(io::Error::from)
         }),
         Step::RemoveDm { name, device, .. } => {

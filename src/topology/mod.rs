@@ -34,10 +34,11 @@ impl Topology {
     /// warning so that a shutdown can go on with partial knowledge.
     pub fn read(root: &Path) -> std::io::Result<Topology> {
         let mountinfo_path = root.join("proc/self/mountinfo");
-        let text = std::fs::read_to_string(&mountinfo_path).map_err(|e| {
+        // Bytes: a mount point need not be UTF-8, and the kernel writes it as it is.
+        let table = std::fs::read(&mountinfo_path).map_err(|e| {
             std::io::Error::new(e.kind(), format!("{}: {e}", mountinfo_path.display()))
         })?;
-        let (mounts, errors) = mountinfo::parse_lenient(&text);
+        let (mounts, errors) = mountinfo::parse_lenient(&table);
         let mut warnings: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         let swaps = match std::fs::read_to_string(root.join("proc/swaps")) {
             Ok(t) => swaps::parse(&t),
@@ -107,6 +108,25 @@ pub fn mdstat_bitmap_files(text: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One mount point that is not UTF-8 must not hide the whole mount table: the shutdown
+    /// would unmount nothing.
+    #[test]
+    fn a_mount_point_that_is_not_utf8_does_not_hide_the_mount_table() {
+        let root = std::env::temp_dir().join(format!("exitrd-topology-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("proc/self")).unwrap();
+        std::fs::write(
+            root.join("proc/self/mountinfo"),
+            b"22 1 252:1 / / rw - ext4 /dev/vda1 rw\n\
+              63 22 0:39 / /media/caf\xe9 rw - vfat /dev/sdb1 rw\n",
+        )
+        .unwrap();
+        let t = Topology::read(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        let t = t.unwrap();
+        assert_eq!(t.mounts.len(), 2);
+        assert_eq!(t.mounts[1].mount_point.as_bytes(), b"/media/caf\xe9");
+    }
 
     #[test]
     fn bitmap_files_from_mdstat() {
