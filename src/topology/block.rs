@@ -102,8 +102,13 @@ impl BlockDev {
     }
 }
 
+/// A sysfs attribute as text. A loop device's `backing_file` is a path, written byte for
+/// byte: bytes that are not UTF-8 become U+FFFD rather than making the device look unbound
+/// (an unbound loop device is never detached).
 fn read_trimmed(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    fs::read(path)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
 }
 
 fn list_names(dir: &Path) -> Vec<String> {
@@ -261,6 +266,25 @@ mod tests {
         assert!(!nbd_connected(&dir, "nbd1"));
         assert!(!nbd_connected(&dir, "nbd2"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_loop_file_that_is_not_utf8_leaves_the_loop_device_bound() {
+        let root = std::env::temp_dir().join(format!("exitrd-loop-{}", std::process::id()));
+        let dir = root.join("sys/class/block/loop0");
+        std::fs::create_dir_all(dir.join("loop")).unwrap();
+        std::fs::write(dir.join("dev"), "7:0\n").unwrap();
+        std::fs::write(dir.join("loop/backing_file"), b"/srv/caf\xe9.img\n").unwrap();
+        let devs = read(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        let loop0 = &devs["loop0"];
+        assert!(loop0.is_closable(), "{loop0:?}");
+        assert_eq!(
+            loop0.kind,
+            DevKind::Loop {
+                backing_file: Some("/srv/caf\u{fffd}.img".into())
+            }
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl Topology {
         })?;
         let (mounts, errors) = mountinfo::parse_lenient(&table);
         let mut warnings: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        let swaps = match std::fs::read_to_string(root.join("proc/swaps")) {
+        let swaps = match read_lossy(&root.join("proc/swaps")) {
             Ok(t) => swaps::parse(&t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
@@ -49,7 +49,7 @@ impl Topology {
             }
         };
         let devices = block::read(root);
-        let md_bitmap_files = std::fs::read_to_string(root.join("proc/mdstat"))
+        let md_bitmap_files = read_lossy(&root.join("proc/mdstat"))
             .map(|t| mdstat_bitmap_files(&t))
             .unwrap_or_default();
         if devices.is_empty() {
@@ -82,6 +82,12 @@ impl Topology {
         }
         self.devices.get(name)
     }
+}
+
+/// A kernel table as text. Paths in it need not be UTF-8 (the kernel writes them byte for
+/// byte): such bytes become U+FFFD, and the rest of the table is still read.
+fn read_lossy(path: &Path) -> std::io::Result<String> {
+    std::fs::read(path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Bitmap files from `/proc/mdstat`: an array's paragraph starts with `md0 : active ...`
@@ -126,6 +132,32 @@ mod tests {
         let t = t.unwrap();
         assert_eq!(t.mounts.len(), 2);
         assert_eq!(t.mounts[1].mount_point.as_bytes(), b"/media/caf\xe9");
+    }
+
+    /// A swap file whose name is not UTF-8 must not hide the other swap areas (none would
+    /// be switched off).
+    #[test]
+    fn a_swap_file_that_is_not_utf8_does_not_hide_the_swap_table() {
+        let root = std::env::temp_dir().join(format!("exitrd-swaps-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("proc/self")).unwrap();
+        std::fs::write(root.join("proc/self/mountinfo"), b"").unwrap();
+        std::fs::write(
+            root.join("proc/swaps"),
+            b"Filename\tType\tSize\tUsed\tPriority\n\
+              /dev/dm-2 partition\t1048572\t0\t-2\n\
+              /swap-caf\xe9 file\t65532\t0\t-3\n",
+        )
+        .unwrap();
+        let t = Topology::read(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        let t = t.unwrap();
+        assert!(
+            t.warnings.iter().all(|w| !w.contains("swaps")),
+            "{:?}",
+            t.warnings
+        );
+        assert_eq!(t.swaps.len(), 2);
+        assert_eq!(t.swaps[0].path, "/dev/dm-2");
     }
 
     #[test]
