@@ -54,10 +54,10 @@ fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
 }
 
 fn is_mount_point(path: &Path) -> bool {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(table) = fs::read("/proc/self/mountinfo") else {
         return false;
     };
-    let (mounts, _) = mountinfo::parse_lenient(&text);
+    let (mounts, _) = mountinfo::parse_lenient(&table);
     mounts.iter().any(|m| Path::new(&m.mount_point) == path)
 }
 

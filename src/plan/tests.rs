@@ -1,5 +1,6 @@
+use super::tree::MAX_TREE_NODES;
 use super::*;
-use crate::topology::block::BlockDev;
+use crate::topology::block::{BlockDev, DevKind, DmKind};
 use crate::topology::mountinfo;
 use crate::topology::swaps::Swap;
 
@@ -133,7 +134,7 @@ fn shutdown_scope_takes_only_oldroot_children_first() {
         .steps
         .iter()
         .filter_map(|s| match s {
-            Step::Unmount { mount_point, .. } => Some(mount_point.as_str()),
+            Step::Unmount { mount_point, .. } => Some(mount_point.as_lossy_str()),
             _ => None,
         })
         .collect();
@@ -522,5 +523,103 @@ fn md_external_bitmap_stops_the_array_before_unmounting_the_bitmap() {
             "stop MD array md0 (raid1)",
             "unmount /exitrd-held/31 (ext4 on /dev/vdc1)",
         ]
+    );
+}
+
+/// The runtime logs these lines as each step is done, and the VM tests match them whole.
+#[test]
+fn every_step_says_what_was_done_in_the_words_the_vm_tests_match() {
+    let steps = [
+        Step::MoveOut {
+            mount_point: "/oldroot/run/media".into(),
+            to: "/exitrd-held/31".into(),
+        },
+        Step::SwapOff {
+            path: "/dev/dm-2".into(),
+            device: Some("dm-2".into()),
+        },
+        Step::Unmount {
+            mount_point: "/oldroot".into(),
+            fstype: "ext4".into(),
+            source: "/dev/mapper/vg0-root".into(),
+            device: Some("dm-1".into()),
+        },
+        Step::RemoveDm {
+            device: "dm-1".into(),
+            name: "vg0-root".into(),
+            kind: DmKind::Lvm,
+        },
+        Step::RemoveDm {
+            device: "dm-0".into(),
+            name: "md0_crypt".into(),
+            kind: DmKind::Crypt,
+        },
+        Step::RemoveDm {
+            device: "dm-3".into(),
+            name: "late-top".into(),
+            kind: DmKind::Other,
+        },
+        Step::StopMd {
+            device: "md0".into(),
+            level: "raid1".into(),
+        },
+        Step::DetachLoop {
+            device: "loop0".into(),
+            backing_file: "/oldroot/run/late1.img".into(),
+        },
+        Step::DisconnectNbd {
+            device: "nbd0".into(),
+        },
+    ];
+    let done: Vec<String> = steps.iter().map(|s| s.describe_done()).collect();
+    assert_eq!(
+        done,
+        vec![
+            "moved /oldroot/run/media to /exitrd-held/31: still needed",
+            "swapoff /dev/dm-2",
+            "unmounted /oldroot (ext4 on /dev/mapper/vg0-root)",
+            "removed LVM volume vg0-root (dm-1)",
+            "closed dm-crypt mapping md0_crypt (dm-0): key wiped from memory",
+            "removed device-mapper device late-top (dm-3)",
+            "stopped MD array md0 (raid1)",
+            "detached loop device loop0 from /oldroot/run/late1.img",
+            "disconnected network block device nbd0",
+        ]
+    );
+}
+
+/// Mount points need not be UTF-8: scopes compare bytes, so two paths that differ only in
+/// such a byte are not taken for one another.
+#[test]
+fn scopes_compare_bytes() {
+    assert!(in_scope(&b"/mnt/caf\xe9/sub"[..], &b"/mnt/caf\xe9"[..]));
+    assert!(!in_scope(&b"/mnt/caf\xe8/sub"[..], &b"/mnt/caf\xe9"[..]));
+    assert!(in_scope(&b"/mnt/caf\xe9"[..], "/mnt/"));
+}
+
+/// A mount point that is not UTF-8 reaches its step with its exact bytes: `umount2` must
+/// get the path the kernel knows, not one with U+FFFD in place of the odd bytes. The two
+/// mount points here differ only in a byte that is not UTF-8.
+#[test]
+fn unmount_steps_carry_mount_points_that_are_not_utf8_exactly() {
+    let topo = topo_of(
+        "22 1 252:1 / / rw - ext4 /dev/vda1 rw\n\
+         30 22 254:1 / /mnt/caf\\351 rw - ext4 /dev/vdb1 rw\n\
+         31 22 254:2 / /mnt/caf\\350 rw - ext4 /dev/vdb2 rw\n",
+        Vec::new(),
+        &[],
+    );
+    let p = plan(&topo, &PlanOptions::live());
+    let unmounted: Vec<&[u8]> = p
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Unmount { mount_point, .. } => Some(mount_point.as_bytes()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        unmounted,
+        vec![&b"/mnt/caf\xe8"[..], &b"/mnt/caf\xe9"[..], &b"/"[..]]
     );
 }

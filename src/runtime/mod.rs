@@ -22,7 +22,7 @@ pub mod worker;
 use crate::config::{self, Config};
 use crate::plan::{self, PlanOptions, Step};
 use crate::teardown::{devnode, dm, loopdev, md, nbd, swap};
-use crate::topology::block::{DevKind, DmKind};
+use crate::topology::block::DevKind;
 use crate::topology::Topology;
 use crate::{debug, say};
 use deadline::Deadline;
@@ -574,7 +574,7 @@ impl Shutdown {
             let ro = bounded(timeout, move || {
                 nix::mount::mount(
                     None::<&str>,
-                    mp.as_str(),
+                    mp.as_path(),
                     None::<&str>,
                     nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
                     None::<&str>,
@@ -585,7 +585,7 @@ impl Shutdown {
             let detach = bounded(timeout, move || {
                 let flags =
                     nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW;
-                nix::mount::umount2(mp.as_str(), flags).map_err(io::Error::from)
+                nix::mount::umount2(mp.as_path(), flags).map_err(io::Error::from)
             });
             match (detach, ro.is_done()) {
                 (Outcome::Done, true) => {
@@ -768,9 +768,10 @@ fn name_blockers(step: &Step) {
     match step {
         Step::Unmount { mount_point, .. } => {
             let mount_points: Vec<String> = read_topology()
-                .map(|t| t.mounts.into_iter().map(|m| m.mount_point).collect())
+                .map(|t| t.mounts.iter().map(|m| m.mount_point.to_string()).collect())
                 .unwrap_or_default();
-            for b in procs::blockers(mount_point, &mount_points).iter().take(10) {
+            let blockers = procs::blockers(mount_point.as_lossy_str(), &mount_points);
+            for b in blockers.iter().take(10) {
                 say!("  {mount_point} is held by {b}");
             }
         }
@@ -807,7 +808,7 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
         Step::MoveOut { mount_point, to } => bounded(timeout, move || {
             std::fs::create_dir_all(&to)?;
             nix::mount::mount(
-                Some(mount_point.as_str()),
+                Some(mount_point.as_path()),
                 to.as_str(),
                 None::<&str>,
                 nix::mount::MsFlags::MS_MOVE,
@@ -819,7 +820,7 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
         // UMOUNT_NOFOLLOW: a mount point that became a symlink (a process of the old
         // system can still rename and link until it is killed) must not lead elsewhere.
         Step::Unmount { mount_point, .. } => bounded(timeout, move || {
-            nix::mount::umount2(mount_point.as_str(), nix::mount::MntFlags::UMOUNT_NOFOLLOW)
+            nix::mount::umount2(mount_point.as_path(), nix::mount::MntFlags::UMOUNT_NOFOLLOW)
                 .map_err(io::Error::from)
         }),
         Step::RemoveDm { name, device, .. } => {
@@ -909,29 +910,7 @@ fn log_outcome(step: &Step, outcome: &Outcome) {
         say!("could not {}: {outcome}", step.describe());
         return;
     };
-    match step {
-        Step::MoveOut { mount_point, to } => say!("moved {mount_point} to {to}: still needed"),
-        Step::SwapOff { path, .. } => say!("swapoff {path}"),
-        Step::Unmount {
-            mount_point,
-            fstype,
-            source,
-            ..
-        } => say!("unmounted {mount_point} ({fstype} on {source})"),
-        Step::RemoveDm { device, name, kind } => match kind {
-            DmKind::Crypt => {
-                say!("closed dm-crypt mapping {name} ({device}): key wiped from memory")
-            }
-            DmKind::Lvm => say!("removed LVM volume {name} ({device})"),
-            DmKind::Other => say!("removed device-mapper device {name} ({device})"),
-        },
-        Step::StopMd { device, level } => say!("stopped MD array {device} ({level})"),
-        Step::DetachLoop {
-            device,
-            backing_file,
-        } => say!("detached loop device {device} from {backing_file}"),
-        Step::DisconnectNbd { device } => say!("disconnected network block device {device}"),
-    }
+    say!("{}", step.describe_done());
 }
 
 /// `exitrd.break=shell`: a shell on the console before the final reboot, bounded so an
@@ -968,6 +947,7 @@ fn break_shell(limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::mountinfo::MountPath;
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -1065,7 +1045,7 @@ mod tests {
         )
         .unwrap();
         let step = Step::Unmount {
-            mount_point: link.to_string_lossy().into_owned(),
+            mount_point: MountPath::from_bytes(link.as_os_str().as_encoded_bytes().to_vec()),
             fstype: "tmpfs".into(),
             source: "tmpfs".into(),
             device: None,

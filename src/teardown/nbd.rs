@@ -19,20 +19,12 @@ use nix::libc;
 use nix::sys::ioctl::ioctl_num_type;
 
 use super::devnode::{retry_for, with_context};
+use crate::topology::block::nbd_connected;
 
 /// `_IO(0xab, 8)` and `_IO(0xab, 4)` in `<linux/nbd.h>`.
 const NBD_IOCTL: u8 = 0xab;
 const NBD_DISCONNECT: ioctl_num_type = nix::request_code_none!(NBD_IOCTL, 8);
 const NBD_CLEAR_SOCK: ioctl_num_type = nix::request_code_none!(NBD_IOCTL, 4);
-
-/// Whether the NBD device `name` is connected: its size is not zero. The kernel sets
-/// the size when a client connects and clears it when the last user lets go.
-pub fn connected(sys_class_block: &Path, name: &str) -> bool {
-    std::fs::read_to_string(sys_class_block.join(name).join("size"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .is_some_and(|s| s > 0)
-}
 
 /// Disconnects the NBD device `node` (kernel name `name`) and waits up to `settle` for
 /// the kernel to show it disconnected.
@@ -69,7 +61,7 @@ pub fn disconnect(node: &Path, name: &str, settle: Duration) -> io::Result<()> {
     retry_for(
         settle,
         || {
-            if connected(sys, name) {
+            if nbd_connected(sys, name) {
                 Err(io::Error::other(
                     "disconnect sent, but the device still has its size (a user holds it open)",
                 ))
@@ -92,19 +84,6 @@ mod tests {
             ("NBD_DISCONNECT", abi_probe::ioctl_code(NBD_DISCONNECT)),
             ("NBD_CLEAR_SOCK", abi_probe::ioctl_code(NBD_CLEAR_SOCK)),
         ]);
-    }
-
-    #[test]
-    fn connected_reads_the_size() {
-        let dir = std::env::temp_dir().join(format!("exitrd-nbd-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("nbd0")).unwrap();
-        std::fs::create_dir_all(dir.join("nbd1")).unwrap();
-        std::fs::write(dir.join("nbd0/size"), "6291456\n").unwrap();
-        std::fs::write(dir.join("nbd1/size"), "0\n").unwrap();
-        assert!(connected(&dir, "nbd0"));
-        assert!(!connected(&dir, "nbd1"));
-        assert!(!connected(&dir, "nbd2"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

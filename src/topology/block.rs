@@ -102,8 +102,13 @@ impl BlockDev {
     }
 }
 
+/// A sysfs attribute as text. A loop device's `backing_file` is a path, written byte for
+/// byte: bytes that are not UTF-8 become U+FFFD rather than making the device look unbound
+/// (an unbound loop device is never detached).
 fn read_trimmed(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    fs::read(path)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
 }
 
 fn list_names(dir: &Path) -> Vec<String> {
@@ -131,6 +136,15 @@ pub(crate) fn dm_kind(uuid: &str) -> DmKind {
     } else {
         DmKind::Other
     }
+}
+
+/// Whether the NBD device `name` is connected: its size is not zero. The kernel sets
+/// the size when a client connects and clears it when the last user lets go. Also asked
+/// by the teardown, which waits for a disconnect to show here.
+pub fn nbd_connected(class_dir: &Path, name: &str) -> bool {
+    read_trimmed(&class_dir.join(name).join("size"))
+        .and_then(|s| s.parse::<u64>().ok())
+        .is_some_and(|s| s > 0)
 }
 
 /// The disk a partition belongs to. On a live system `sys/class/block/<part>` is a symlink
@@ -193,7 +207,7 @@ pub fn read(root: &Path) -> BTreeMap<String, BlockDev> {
             }
         } else if name.starts_with("nbd") {
             DevKind::Nbd {
-                connected: crate::teardown::nbd::connected(&class_dir, name),
+                connected: nbd_connected(&class_dir, name),
             }
         } else {
             DevKind::Disk
@@ -239,6 +253,38 @@ mod tests {
             Some("md0")
         );
         assert_eq!(partition_parent(dir, "sdz1", &known), None);
+    }
+
+    #[test]
+    fn nbd_connected_reads_the_size() {
+        let dir = std::env::temp_dir().join(format!("exitrd-nbd-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("nbd0")).unwrap();
+        std::fs::create_dir_all(dir.join("nbd1")).unwrap();
+        std::fs::write(dir.join("nbd0/size"), "6291456\n").unwrap();
+        std::fs::write(dir.join("nbd1/size"), "0\n").unwrap();
+        assert!(nbd_connected(&dir, "nbd0"));
+        assert!(!nbd_connected(&dir, "nbd1"));
+        assert!(!nbd_connected(&dir, "nbd2"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_loop_file_that_is_not_utf8_leaves_the_loop_device_bound() {
+        let root = std::env::temp_dir().join(format!("exitrd-loop-{}", std::process::id()));
+        let dir = root.join("sys/class/block/loop0");
+        std::fs::create_dir_all(dir.join("loop")).unwrap();
+        std::fs::write(dir.join("dev"), "7:0\n").unwrap();
+        std::fs::write(dir.join("loop/backing_file"), b"/srv/caf\xe9.img\n").unwrap();
+        let devs = read(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        let loop0 = &devs["loop0"];
+        assert!(loop0.is_closable(), "{loop0:?}");
+        assert_eq!(
+            loop0.kind,
+            DevKind::Loop {
+                backing_file: Some("/srv/caf\u{fffd}.img".into())
+            }
+        );
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! Reading the machine: mounts, swaps and the block device graph. Every reader takes the
 //! root of the tree to read (`/` on a live machine, a fixture directory in tests).
+//!
+//! A leaf: nothing here uses the teardown or the runtime. Both build on these readers,
+//! and `exitrd plan` and the tests use them on machines and fixtures where no device may
+//! be touched.
 
 pub mod block;
 pub mod mountinfo;
@@ -30,12 +34,13 @@ impl Topology {
     /// warning so that a shutdown can go on with partial knowledge.
     pub fn read(root: &Path) -> std::io::Result<Topology> {
         let mountinfo_path = root.join("proc/self/mountinfo");
-        let text = std::fs::read_to_string(&mountinfo_path).map_err(|e| {
+        // Bytes: a mount point need not be UTF-8, and the kernel writes it as it is.
+        let table = std::fs::read(&mountinfo_path).map_err(|e| {
             std::io::Error::new(e.kind(), format!("{}: {e}", mountinfo_path.display()))
         })?;
-        let (mounts, errors) = mountinfo::parse_lenient(&text);
+        let (mounts, errors) = mountinfo::parse_lenient(&table);
         let mut warnings: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        let swaps = match std::fs::read_to_string(root.join("proc/swaps")) {
+        let swaps = match read_lossy(&root.join("proc/swaps")) {
             Ok(t) => swaps::parse(&t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
@@ -44,7 +49,7 @@ impl Topology {
             }
         };
         let devices = block::read(root);
-        let md_bitmap_files = std::fs::read_to_string(root.join("proc/mdstat"))
+        let md_bitmap_files = read_lossy(&root.join("proc/mdstat"))
             .map(|t| mdstat_bitmap_files(&t))
             .unwrap_or_default();
         if devices.is_empty() {
@@ -142,6 +147,12 @@ impl Topology {
         }
         order
     }
+}
+
+/// A kernel table as text. Paths in it need not be UTF-8 (the kernel writes them byte for
+/// byte): such bytes become U+FFFD, and the rest of the table is still read.
+fn read_lossy(path: &Path) -> std::io::Result<String> {
+    std::fs::read(path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Bitmap files from `/proc/mdstat`: an array's paragraph starts with `md0 : active ...`
@@ -281,6 +292,51 @@ mod tests {
         assert_eq!(order.len(), 3);
         order.sort();
         assert_eq!(order, ["dm-0", "dm-1", "dm-2"]);
+    }
+
+    /// One mount point that is not UTF-8 must not hide the whole mount table: the shutdown
+    /// would unmount nothing.
+    #[test]
+    fn a_mount_point_that_is_not_utf8_does_not_hide_the_mount_table() {
+        let root = std::env::temp_dir().join(format!("exitrd-topology-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("proc/self")).unwrap();
+        std::fs::write(
+            root.join("proc/self/mountinfo"),
+            b"22 1 252:1 / / rw - ext4 /dev/vda1 rw\n\
+              63 22 0:39 / /media/caf\xe9 rw - vfat /dev/sdb1 rw\n",
+        )
+        .unwrap();
+        let t = Topology::read(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        let t = t.unwrap();
+        assert_eq!(t.mounts.len(), 2);
+        assert_eq!(t.mounts[1].mount_point.as_bytes(), b"/media/caf\xe9");
+    }
+
+    /// A swap file whose name is not UTF-8 must not hide the other swap areas (none would
+    /// be switched off).
+    #[test]
+    fn a_swap_file_that_is_not_utf8_does_not_hide_the_swap_table() {
+        let root = std::env::temp_dir().join(format!("exitrd-swaps-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("proc/self")).unwrap();
+        std::fs::write(root.join("proc/self/mountinfo"), b"").unwrap();
+        std::fs::write(
+            root.join("proc/swaps"),
+            b"Filename\tType\tSize\tUsed\tPriority\n\
+              /dev/dm-2 partition\t1048572\t0\t-2\n\
+              /swap-caf\xe9 file\t65532\t0\t-3\n",
+        )
+        .unwrap();
+        let t = Topology::read(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        let t = t.unwrap();
+        assert!(
+            t.warnings.iter().all(|w| !w.contains("swaps")),
+            "{:?}",
+            t.warnings
+        );
+        assert_eq!(t.swaps.len(), 2);
+        assert_eq!(t.swaps[0].path, "/dev/dm-2");
     }
 
     #[test]

@@ -3,8 +3,117 @@
 //! A line is: `id parent major:minor root mount-point options [optional...] - fstype source
 //! super-options`. Fields are separated by single spaces; the kernel escapes space, tab,
 //! newline and backslash in paths as `\ooo` octal, so splitting on spaces is exact.
+//!
+//! Paths on Linux are bytes and need not be UTF-8. The mount point, which the runtime
+//! hands to `umount2` and `mount`, is kept exact ([`MountPath`]); the other fields are
+//! only shown or compared with known names, and are text.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+/// A mount point exactly as the kernel has it. System calls take [`MountPath::as_path`];
+/// messages, JSON and matching against known text take the text form, in which bytes that
+/// are not UTF-8 show as U+FFFD (two such paths can show alike, and are still different).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MountPath {
+    path: PathBuf,
+    /// `path` as text, made once: messages name mount points often.
+    text: String,
+}
+
+impl MountPath {
+    pub fn from_bytes(bytes: Vec<u8>) -> MountPath {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        MountPath {
+            path: PathBuf::from(OsString::from_vec(bytes)),
+            text,
+        }
+    }
+
+    /// The exact path, for system calls.
+    pub fn as_path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.path.as_os_str().as_bytes()
+    }
+
+    /// The path as text, for messages and for matching against text: not the path when
+    /// it is not UTF-8, so never for a system call.
+    pub fn as_lossy_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl From<String> for MountPath {
+    fn from(text: String) -> MountPath {
+        MountPath {
+            path: PathBuf::from(&text),
+            text,
+        }
+    }
+}
+
+impl From<&str> for MountPath {
+    fn from(text: &str) -> MountPath {
+        MountPath::from(text.to_string())
+    }
+}
+
+impl fmt::Display for MountPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Shows the exact bytes: `"/mnt/caf\xE9"`.
+impl fmt::Debug for MountPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.path, f)
+    }
+}
+
+impl Serialize for MountPath {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+/// Equal to a text path only when the bytes are the same: a path that is not UTF-8 equals
+/// no text.
+impl PartialEq<str> for MountPath {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for MountPath {
+    fn eq(&self, other: &&str) -> bool {
+        *self == **other
+    }
+}
+
+impl AsRef<[u8]> for MountPath {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsRef<OsStr> for MountPath {
+    fn as_ref(&self) -> &OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl AsRef<Path> for MountPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mount {
@@ -14,7 +123,7 @@ pub struct Mount {
     pub minor: u32,
     /// Path inside the file system that is mounted here (bind mounts).
     pub root: String,
-    pub mount_point: String,
+    pub mount_point: MountPath,
     pub options: String,
     pub fstype: String,
     /// The mount source as the kernel shows it; `-` or `none` for many virtual file systems.
@@ -47,10 +156,16 @@ impl std::fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// Decodes the kernel's `\ooo` octal escapes. A backslash that does not start a valid
-/// three-digit octal escape is kept as it is, so odd input never fails or panics.
+/// Decodes the kernel's `\ooo` octal escapes, as text: bytes that are not UTF-8 become
+/// U+FFFD (see [`unescape_bytes`]).
 pub fn unescape(s: &str) -> String {
-    let bytes = s.as_bytes();
+    text(&unescape_bytes(s.as_bytes()))
+}
+
+/// Decodes the kernel's `\ooo` octal escapes into the exact bytes. A backslash that does
+/// not start a valid three-digit octal escape is kept as it is, so odd input never fails
+/// or panics.
+pub fn unescape_bytes(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -70,15 +185,20 @@ pub fn unescape(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
-fn parse_line(line: &str, number: usize) -> Result<Mount, ParseError> {
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn parse_line(line: &[u8], number: usize) -> Result<Mount, ParseError> {
     let err = |reason| ParseError {
         line: number,
         reason,
     };
-    let fields: Vec<&str> = line.split(' ').collect();
+    let number_in = |field: &[u8]| std::str::from_utf8(field).ok()?.parse::<u32>().ok();
+    let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
     if fields.len() < 7 {
         return Err(err("fewer than 7 fields"));
     }
@@ -86,52 +206,61 @@ fn parse_line(line: &str, number: usize) -> Result<Mount, ParseError> {
     // ever "-" itself, so the first "-" from field 6 on is the separator.
     let sep = fields[6..]
         .iter()
-        .position(|f| *f == "-")
+        .position(|f| *f == b"-")
         .map(|p| p + 6)
         .ok_or(err("no '-' separator"))?;
     if fields.len() < sep + 3 {
         return Err(err("missing fstype or source after '-'"));
     }
-    let id = fields[0].parse().map_err(|_| err("bad mount id"))?;
-    let parent = fields[1].parse().map_err(|_| err("bad parent id"))?;
+    let id = number_in(fields[0]).ok_or(err("bad mount id"))?;
+    let parent = number_in(fields[1]).ok_or(err("bad parent id"))?;
     let (major, minor) = fields[2]
-        .split_once(':')
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .iter()
+        .position(|&b| b == b':')
+        .and_then(|colon| {
+            let (a, b) = fields[2].split_at(colon);
+            Some((number_in(a)?, number_in(&b[1..])?))
+        })
         .ok_or(err("bad major:minor"))?;
     Ok(Mount {
         id,
         parent,
         major,
         minor,
-        root: unescape(fields[3]),
-        mount_point: unescape(fields[4]),
-        options: fields[5].to_string(),
-        fstype: unescape(fields[sep + 1]),
-        source: unescape(fields[sep + 2]),
+        root: text(&unescape_bytes(fields[3])),
+        mount_point: MountPath::from_bytes(unescape_bytes(fields[4])),
+        options: text(fields[5]),
+        fstype: text(&unescape_bytes(fields[sep + 1])),
+        source: text(&unescape_bytes(fields[sep + 2])),
         // Super options never contain spaces, but join defensively.
-        super_options: fields[sep + 3..].join(" "),
+        super_options: text(&fields[sep + 3..].join(&b' ')),
     })
 }
 
-/// Parses a whole mountinfo text. Blank lines are skipped; any malformed line is an error
-/// naming its line number (callers at shutdown log it and go on with what they have).
-pub fn parse(text: &str) -> Result<Vec<Mount>, ParseError> {
-    text.lines()
+/// The lines that are not blank, numbered from 1. The kernel writes paths byte for byte
+/// (it escapes only space, tab, newline and backslash), so the table is bytes, not text.
+fn numbered_lines(table: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    table
+        .split(|&b| b == b'\n')
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| parse_line(l, i + 1))
+        .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+}
+
+/// Parses a whole mountinfo table. Blank lines are skipped; any malformed line is an error
+/// naming its line number (callers at shutdown log it and go on with what they have).
+pub fn parse(table: impl AsRef<[u8]>) -> Result<Vec<Mount>, ParseError> {
+    numbered_lines(table.as_ref())
+        .map(|(n, l)| parse_line(l, n))
         .collect()
 }
 
 /// Like [`parse`], but skips malformed lines and returns them as errors beside the mounts.
-pub fn parse_lenient(text: &str) -> (Vec<Mount>, Vec<ParseError>) {
+pub fn parse_lenient(table: impl AsRef<[u8]>) -> (Vec<Mount>, Vec<ParseError>) {
     let mut mounts = Vec::new();
     let mut errors = Vec::new();
-    for (i, l) in text.lines().enumerate() {
-        if l.trim().is_empty() {
-            continue;
-        }
-        match parse_line(l, i + 1) {
+    for (n, l) in numbered_lines(table.as_ref()) {
+        match parse_line(l, n) {
             Ok(m) => mounts.push(m),
             Err(e) => errors.push(e),
         }
@@ -184,6 +313,30 @@ mod tests {
             .unwrap();
         assert_eq!(m[0].mount_point, "/mnt/my disk\ttab\\back");
         assert_eq!(m[0].source, "/dev/sd b1");
+    }
+
+    #[test]
+    fn mount_points_that_are_not_utf8_keep_their_bytes() {
+        // Latin-1 "café" and a lone 0xff: valid names on Linux, not UTF-8.
+        let m = parse(
+            "60 1 8:3 / /mnt/caf\\351 rw - ext4 /dev/sdc1 rw\n\
+             61 1 8:4 / /mnt/\\377\\040x rw - ext4 /dev/sdd1 rw\n",
+        )
+        .unwrap();
+        assert_eq!(m[0].mount_point.as_bytes(), b"/mnt/caf\xe9");
+        assert_eq!(m[1].mount_point.as_bytes(), b"/mnt/\xff x");
+        // Messages show them lossily.
+        assert_eq!(m[0].mount_point.to_string(), "/mnt/caf\u{fffd}");
+        assert_ne!(m[0].mount_point, "/mnt/caf\u{fffd}");
+    }
+
+    /// The kernel escapes only space, tab, newline and backslash: other bytes that are not
+    /// UTF-8 come as they are.
+    #[test]
+    fn mount_points_written_raw_by_the_kernel_keep_their_bytes() {
+        let m = parse(b"63 43 0:39 / /tmp/caf\xe9 rw,relatime - tmpfs none rw\n").unwrap();
+        assert_eq!(m[0].mount_point.as_bytes(), b"/tmp/caf\xe9");
+        assert_eq!(m[0].fstype, "tmpfs");
     }
 
     #[test]

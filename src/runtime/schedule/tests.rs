@@ -98,11 +98,11 @@ impl Fake {
             Step::MoveOut { mount_point, to } => {
                 for m in self.topo.mounts.iter_mut() {
                     if &m.mount_point == mount_point {
-                        m.mount_point = to.clone();
+                        m.mount_point = to.as_str().into();
                     }
                 }
                 for f in self.topo.md_bitmap_files.values_mut() {
-                    if let Some(rest) = f.strip_prefix(mount_point.as_str()) {
+                    if let Some(rest) = f.strip_prefix(mount_point.as_lossy_str()) {
                         *f = format!("{to}{rest}");
                     }
                 }
