@@ -53,7 +53,8 @@ pub enum Command {
         payload: Option<PathBuf>,
         /// Take the payload (the exitrd/ directory) out of this initramfs-tools image,
         /// e.g. /boot/initrd.img-$(uname -r); gzip, zstd, xz or lz4, after any
-        /// uncompressed early parts.
+        /// uncompressed early parts. Bounded: 2 GiB read and unpacked in all, 1048576
+        /// entries, 512 MiB of payload, and 1 MiB left free where it is unpacked.
         #[arg(long, value_name = "IMAGE")]
         from: Option<PathBuf>,
         /// Where systemd looks for the exitrd.
