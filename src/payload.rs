@@ -9,7 +9,7 @@ use crate::topology::mountinfo;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Room above the payload itself, for files other boot code may still add.
@@ -32,7 +32,11 @@ fn tree_size(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Copies `src` into `dst` (which exists), keeping modes and symlinks.
+/// Copies `src` into `dst` (which exists), keeping modes and symlinks. Nothing at the
+/// destination is followed: the payload is copied over what the target already held
+/// (files other boot code put in /run/initramfs), and a symlink there named like a
+/// payload file or directory would otherwise lead the copy anywhere. Whatever is in the
+/// way is replaced; a real directory is kept and filled.
 fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
     for entry in fs::read_dir(src)? {
         let entry = entry?;
@@ -40,14 +44,33 @@ fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
         let to = dst.join(entry.file_name());
         let kind = entry.file_type()?;
         if kind.is_symlink() {
-            let _ = fs::remove_file(&to);
+            crate::initrd::remove_existing(&to)?;
             symlink(fs::read_link(&from)?, &to)?;
         } else if kind.is_dir() {
-            fs::create_dir_all(&to)?;
+            match fs::symlink_metadata(&to) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    fs::remove_file(&to)?;
+                    fs::DirBuilder::new().mode(0o700).create(&to)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::DirBuilder::new().mode(0o700).create(&to)?
+                }
+                Err(e) => return Err(e),
+            }
             fs::set_permissions(&to, entry.metadata()?.permissions())?;
             copy_tree(&from, &to)?;
         } else if kind.is_file() {
-            fs::copy(&from, &to)?;
+            crate::initrd::remove_existing(&to)?;
+            let mut input = fs::File::open(&from)?;
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&to)?;
+            io::copy(&mut input, &mut out)?;
+            out.set_permissions(input.metadata()?.permissions())?;
         }
     }
     Ok(())
@@ -466,6 +489,49 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("no runnable 'shutdown'"), "{msg}");
         assert!(msg.contains("update-initramfs -u -k 6.1.0-test"), "{msg}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn copy_tree_never_follows_a_symlink_at_the_destination() {
+        let root = base("copy-nofollow");
+        let (src, dst, outside) = (root.join("src"), root.join("dst"), root.join("outside"));
+        for d in [&src, &dst, &outside] {
+            fs::create_dir(d).unwrap();
+        }
+        fs::write(outside.join("victim"), b"precious").unwrap();
+        // What the target held: links named like payload entries, and a directory where
+        // the payload has a file.
+        symlink(outside.join("victim"), dst.join("exitrd")).unwrap();
+        symlink(&outside, dst.join("hooks")).unwrap();
+        symlink(outside.join("new"), dst.join("exitrd.conf")).unwrap();
+        fs::create_dir(dst.join("shutdown")).unwrap();
+        exe(&src.join("exitrd"));
+        fs::write(src.join("exitrd.conf"), b"TIMEOUT=30\n").unwrap();
+        fs::create_dir(src.join("hooks")).unwrap();
+        fs::write(src.join("hooks/victim"), b"hook").unwrap();
+        symlink("exitrd", src.join("shutdown")).unwrap();
+        copy_tree(&src, &dst).unwrap();
+        assert_eq!(fs::read(outside.join("victim")).unwrap(), b"precious");
+        assert!(!outside.join("new").exists());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+        assert!(fs::symlink_metadata(dst.join("exitrd")).unwrap().is_file());
+        assert_eq!(fs::read(dst.join("exitrd")).unwrap(), b"#!binary");
+        assert_eq!(
+            fs::symlink_metadata(dst.join("exitrd"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
+        assert!(fs::symlink_metadata(dst.join("hooks")).unwrap().is_dir());
+        assert_eq!(fs::read(dst.join("hooks/victim")).unwrap(), b"hook");
+        assert_eq!(fs::read(dst.join("exitrd.conf")).unwrap(), b"TIMEOUT=30\n");
+        assert_eq!(
+            fs::read_link(dst.join("shutdown")).unwrap(),
+            Path::new("exitrd")
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 
