@@ -131,3 +131,49 @@ fn add_hook_and_add_tool_never_write_through_a_symlink_in_the_payload() {
     assert_eq!(fs::read_to_string(&tool_in_payload).unwrap(), "tool\n");
     fs::remove_dir_all(&base).unwrap();
 }
+
+/// `exitrd check-hook`, as the initramfs-tools hook runs it for every hook it adds.
+/// The fixture must be root-owned to be accepted: the tests run as root (sh scripts/test).
+#[test]
+fn check_hook_refuses_hooks_others_could_change_and_says_what_to_run() {
+    let root = std::env::temp_dir().join(format!("exitrd-checkhook-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let dir = root.join("etc/exitrd/hooks/final");
+    fs::create_dir_all(&dir).unwrap();
+    for (name, mode) in [("good", 0o755), ("loose", 0o775)] {
+        fs::write(dir.join(name), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(dir.join(name), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    for d in [
+        "",
+        "etc",
+        "etc/exitrd",
+        "etc/exitrd/hooks",
+        "etc/exitrd/hooks/final",
+    ] {
+        fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let check = |hook: &str| {
+        Command::new(env!("CARGO_BIN_EXE_exitrd"))
+            .args(["check-hook", "--root"])
+            .arg(&root)
+            .arg(hook)
+            .output()
+            .unwrap()
+    };
+    let out = check("/etc/exitrd/hooks/final/good");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr} (run as root?)");
+    assert_eq!(stderr, "");
+    let out = check("/etc/exitrd/hooks/final/loose");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with(
+            "exitrd: refusing hook /etc/exitrd/hooks/final/loose: writable by group; it runs \
+             as root at every shutdown. Run chmod go-w /etc/exitrd/hooks/final/loose,"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::remove_dir_all(&root).unwrap();
+}
