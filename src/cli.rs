@@ -53,7 +53,8 @@ pub enum Command {
         payload: Option<PathBuf>,
         /// Take the payload (the exitrd/ directory) out of this initramfs-tools image,
         /// e.g. /boot/initrd.img-$(uname -r); gzip, zstd, xz or lz4, after any
-        /// uncompressed early parts.
+        /// uncompressed early parts. Bounded: 2 GiB read and unpacked in all, 1048576
+        /// entries, 512 MiB of payload, and 1 MiB left free where it is unpacked.
         #[arg(long, value_name = "IMAGE")]
         from: Option<PathBuf>,
         /// Where systemd looks for the exitrd.
@@ -76,6 +77,22 @@ pub enum Command {
         /// not run).
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
+    },
+    /// Check hooks before they go into an image; refuse any that somebody but root could
+    /// have changed.
+    ///
+    /// A hook runs as root at every shutdown. It is refused (one line on stderr saying
+    /// what to run, exit status 1) if it, a directory on its way or the target of a
+    /// symbolic link to it is not owned by root or is writable by group or others. The
+    /// initramfs-tools hook runs this for every hook in /etc/exitrd/hooks and
+    /// /usr/share/exitrd/hooks and leaves the refused ones out of the image.
+    CheckHook {
+        /// Check the files below this directory instead of / (a fixture tree).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Absolute paths of the hooks, as seen below --root.
+        #[arg(required = true, value_name = "HOOK")]
+        hooks: Vec<PathBuf>,
     },
     /// Run the shutdown as PID 1 (what /run/initramfs/shutdown does). Refuses otherwise.
     Shutdown {
@@ -237,4 +254,16 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
     } else {
         1
     }
+}
+
+/// `exitrd check-hook`: 0 when every hook is trusted, 1 when any is refused.
+pub fn check_hook_command(root: &std::path::Path, hooks: &[PathBuf]) -> i32 {
+    let mut refused = false;
+    for hook in hooks {
+        if let Err(msg) = crate::hookcheck::check_hook(root, hook) {
+            eprintln!("exitrd: {msg}");
+            refused = true;
+        }
+    }
+    i32::from(refused)
 }

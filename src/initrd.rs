@@ -13,7 +13,14 @@
 //! is streamed: memory use is the decoder's window (at most 64 MiB for xz, 128 MiB for zstd,
 //! 8 MiB for lz4, 32 KiB for gzip) plus small buffers, never the image. Reading stops at the
 //! end of the compressed archive; what initramfs-tools may append after it is not read.
+//!
+//! The image is not trusted to be sane ([`Limits`]): what is read in all (every part,
+//! the zero padding and what is read past counted, not only the payload), the number of
+//! entries, the payload's size and the room left on the destination file system are
+//! bounded, so that a corrupt file, a decompression bomb or `/dev/zero` ends in an error
+//! instead of filling `/run` or running for hours.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
@@ -22,12 +29,44 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 /// The directory the initramfs-tools hook puts the payload in, inside the image.
 pub const PAYLOAD_DIR: &str = "exitrd";
 
 /// Extraction refuses to write more than this (the scratch directory is on a tmpfs).
 pub const MAX_PAYLOAD_BYTES: u64 = 512 << 20;
+
+/// What one extraction may read and write. The defaults are far above any image
+/// initramfs-tools builds; tests pass small values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes read in all: the image's own bytes (uncompressed parts, zero padding,
+    /// compressed input) plus every byte the decoder produces, below `exitrd/` or not.
+    /// Counting only what is written would let a small image decompress for hours.
+    pub max_read: u64,
+    /// cpio entries (headers) read, trailers included, in every part.
+    pub max_entries: u64,
+    /// Bytes of file data written below the payload directory.
+    pub max_payload: u64,
+    /// Room left free on the destination's file system (typically the `/run` tmpfs,
+    /// which the running system needs too) after each file is written.
+    pub keep_free: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // The kernel unpacks the whole image into memory at boot: 2 GiB is more than
+            // any machine that boots it would spare.
+            max_read: 2 << 30,
+            // A generous initramfs (all modules, all firmware) has some ten thousand.
+            max_entries: 1 << 20,
+            max_payload: MAX_PAYLOAD_BYTES,
+            keep_free: 1 << 20,
+        }
+    }
+}
 
 const HEADER_LEN: usize = 110;
 const TRAILER: &[u8] = b"TRAILER!!!";
@@ -142,14 +181,37 @@ fn unsupported(c: Compression) -> io::Error {
 /// Extracts the payload directory of the image at `image` below `dest` (an existing,
 /// private directory): the files land in `dest/exitrd/...`.
 pub fn extract(image: &Path, dest: &Path) -> io::Result<Extracted> {
+    extract_with(image, dest, &Limits::default())
+}
+
+/// Like [`extract`], within other limits.
+pub fn extract_with(image: &Path, dest: &Path, limits: &Limits) -> io::Result<Extracted> {
     let file = File::open(image)?;
-    extract_from(file, dest)
+    extract_from_with(file, dest, limits)
 }
 
 /// Like [`extract`], from any reader.
 pub fn extract_from<R: Read + 'static>(image: R, dest: &Path) -> io::Result<Extracted> {
-    let mut src = Source::new(image);
-    let mut ex = Extractor::new(dest, PAYLOAD_DIR);
+    extract_from_with(image, dest, &Limits::default())
+}
+
+/// Like [`extract_from`], within other limits.
+pub fn extract_from_with<R: Read + 'static>(
+    image: R,
+    dest: &Path,
+    limits: &Limits,
+) -> io::Result<Extracted> {
+    // One count for the raw image and the decoder's output: both cost time, and either
+    // alone can be made huge (endless zero padding; a decompression bomb).
+    let read = Meter {
+        used: Rc::new(Cell::new(0)),
+        max: limits.max_read,
+    };
+    let mut src = Source::new(Metered {
+        inner: image,
+        meter: read.clone(),
+    });
+    let mut ex = Extractor::new(dest, PAYLOAD_DIR, limits);
     loop {
         src.skip_zeros()?;
         let at = src.offset;
@@ -181,7 +243,10 @@ pub fn extract_from<R: Read + 'static>(image: R, dest: &Path) -> io::Result<Extr
             continue;
         }
         let mut r = Counting {
-            inner: decoder(kind, src)?,
+            inner: Metered {
+                inner: decoder(kind, src)?,
+                meter: read.clone(),
+            },
             pos: 0,
         };
         ex.archive(&mut r).map_err(|e| {
@@ -211,6 +276,35 @@ fn decoder<R: Read + 'static>(kind: Compression, src: Source<R>) -> io::Result<B
         Compression::Lz4Legacy => Box::new(Lz4Legacy::new(src)?),
         other => return Err(unsupported(other)),
     })
+}
+
+/// The shared count of bytes read, against [`Limits::max_read`].
+#[derive(Clone)]
+struct Meter {
+    used: Rc<Cell<u64>>,
+    max: u64,
+}
+
+/// Counts what passes through it and fails once the meter is over its bound.
+struct Metered<R> {
+    inner: R,
+    meter: Meter,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        let used = self.meter.used.get().saturating_add(n as u64);
+        self.meter.used.set(used);
+        if used > self.meter.max {
+            return Err(invalid(format!(
+                "more than {} MiB read and unpacked, far more than an initramfs holds: the \
+                 file is corrupt or not an initramfs-tools image",
+                self.meter.max >> 20
+            )));
+        }
+        Ok(n)
+    }
 }
 
 /// A buffered reader over the image that can look ahead a few bytes.
@@ -443,16 +537,21 @@ struct Extractor<'a> {
     links: HashMap<(u32, u32, u32), PathBuf>,
     /// Directory modes, applied at the end (a read-only directory must still be filled).
     dir_modes: Vec<(PathBuf, u32)>,
+    limits: &'a Limits,
+    /// Headers read so far, in every archive.
+    entries: u64,
     found: Extracted,
 }
 
 impl<'a> Extractor<'a> {
-    fn new(dest: &'a Path, prefix: &'a str) -> Self {
+    fn new(dest: &'a Path, prefix: &'a str, limits: &'a Limits) -> Self {
         Extractor {
             dest,
             prefix,
             links: HashMap::new(),
             dir_modes: Vec::new(),
+            limits,
+            entries: 0,
             found: Extracted::default(),
         }
     }
@@ -461,6 +560,16 @@ impl<'a> Extractor<'a> {
     fn archive<R: Read>(&mut self, r: &mut Counting<R>) -> io::Result<()> {
         loop {
             let h = read_header(r)?;
+            // Empty entries cost little data each but time, links and inodes: bounded
+            // apart from the bytes.
+            self.entries += 1;
+            if self.entries > self.limits.max_entries {
+                return Err(invalid(format!(
+                    "more than {} entries, far more than an initramfs holds: the file is \
+                     corrupt or not an initramfs-tools image",
+                    self.limits.max_entries
+                )));
+            }
             if h.name == TRAILER {
                 // Inode numbers are only unique within one archive.
                 self.links.clear();
@@ -518,6 +627,7 @@ impl<'a> Extractor<'a> {
                 Ok(())
             }
             S_IFREG => {
+                self.room_for(size)?;
                 remove_existing(&path)?;
                 if h.nlink > 1 {
                     if let Some(first) = self.links.get(&key).cloned() {
@@ -582,6 +692,7 @@ impl<'a> Extractor<'a> {
         size: u64,
         r: &mut Counting<R>,
     ) -> io::Result<()> {
+        self.room_for(size)?;
         let path = self.checked(rel)?;
         let mut f = OpenOptions::new()
             .write(true)
@@ -592,12 +703,6 @@ impl<'a> Extractor<'a> {
     }
 
     fn copy<R: Read>(&mut self, f: &mut File, size: u64, r: &mut Counting<R>) -> io::Result<()> {
-        if self.found.bytes + size > MAX_PAYLOAD_BYTES {
-            return Err(invalid(format!(
-                "the payload would exceed {} MiB",
-                MAX_PAYLOAD_BYTES >> 20
-            )));
-        }
         let at = r.pos;
         let got = io::copy(&mut r.by_ref().take(size), f)?;
         if got < size {
@@ -609,6 +714,45 @@ impl<'a> Extractor<'a> {
         }
         f.flush()?;
         self.found.bytes += size;
+        Ok(())
+    }
+
+    /// Refuses to write `size` more bytes of file data past [`Limits::max_payload`], or
+    /// unless the destination's file system keeps [`Limits::keep_free`] after them: asked
+    /// before every file is created or filled, as others write there too.
+    fn room_for(&self, size: u64) -> io::Result<()> {
+        if self.found.bytes + size > self.limits.max_payload {
+            return Err(invalid(format!(
+                "the payload would exceed {} MiB",
+                self.limits.max_payload >> 20
+            )));
+        }
+        let st = nix::sys::statvfs::statvfs(self.dest).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!(
+                    "cannot check the free space of {}: {e}",
+                    self.dest.display()
+                ),
+            )
+        })?;
+        // (Both are u64 on 64-bit targets, c_ulong on 32-bit ones.)
+        #[allow(clippy::useless_conversion)]
+        let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+        let needed = size.saturating_add(self.limits.keep_free);
+        if needed > free {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "not enough room to unpack the payload in {}: {} KiB free, {} KiB needed \
+                     for the next file and {} KiB kept free for the system; free some space there and try again",
+                    self.dest.display(),
+                    free >> 10,
+                    size.div_ceil(1024),
+                    self.limits.keep_free >> 10
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -635,7 +779,8 @@ impl Header {
     }
 }
 
-fn remove_existing(path: &Path) -> io::Result<()> {
+/// Removes whatever is at `path` (a symlink itself, never what it points to).
+pub(crate) fn remove_existing(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
@@ -1112,6 +1257,118 @@ pub(crate) mod tests {
         bytes[94..102].copy_from_slice(b"7fffffff");
         let err = extract_from(Cursor::new(bytes), &d).unwrap_err();
         assert!(err.to_string().contains("name size"), "{err}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn small(f: impl FnOnce(&mut Limits)) -> Limits {
+        let mut l = Limits::default();
+        f(&mut l);
+        l
+    }
+
+    #[test]
+    fn the_read_bound_counts_data_outside_the_payload_and_zero_padding() {
+        let d = scratch("maxread");
+        let limits = small(|l| l.max_read = 64 << 10);
+        // Data read past: the payload itself is 3 bytes.
+        let mut c = Cpio::default();
+        c.file("usr/lib/firmware/big.bin", 0o644, &[7; 128 << 10]);
+        c.file("exitrd/exitrd", 0o755, b"bin");
+        let image = c.trailer();
+        extract_from(Cursor::new(image.clone()), &d).unwrap();
+        let _ = fs::remove_dir_all(d.join("exitrd"));
+        let err = extract_from_with(Cursor::new(image), &d, &limits).unwrap_err();
+        assert!(err.to_string().contains("read and unpacked"), "{err}");
+        // Zero padding between parts, and zero padding without end.
+        let mut image = payload_archive();
+        image.extend_from_slice(&[0; 128 << 10]);
+        image.extend(payload_archive());
+        let _ = fs::remove_dir_all(d.join("exitrd"));
+        extract_from(Cursor::new(image.clone()), &d).unwrap();
+        let err = extract_from_with(Cursor::new(image), &d, &limits).unwrap_err();
+        assert!(err.to_string().contains("read and unpacked"), "{err}");
+        let endless = Cursor::new(payload_archive()).chain(io::repeat(0));
+        let err = extract_from_with(endless, &d, &limits).unwrap_err();
+        assert!(err.to_string().contains("read and unpacked"), "{err}");
+        // A compressed part counts what it unpacks, not its size in the image.
+        let mut c = Cpio::default();
+        c.file("usr/share/zeros", 0o644, &[0; 1 << 20]);
+        c.file("exitrd/exitrd", 0o755, b"bin");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&c.trailer()).unwrap();
+        let image = gz.finish().unwrap();
+        assert!(image.len() < 16 << 10, "{} bytes", image.len());
+        let _ = fs::remove_dir_all(d.join("exitrd"));
+        extract_from(Cursor::new(image.clone()), &d).unwrap();
+        let err = extract_from_with(Cursor::new(image), &d, &limits).unwrap_err();
+        assert!(err.to_string().contains("read and unpacked"), "{err}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_entry_bound_counts_every_header() {
+        let d = scratch("maxentries");
+        let mut c = Cpio::default();
+        for i in 0..100 {
+            c.file(&format!("usr/share/empty-{i}"), 0o644, b"");
+        }
+        c.file("exitrd/exitrd", 0o755, b"bin");
+        let image = c.trailer();
+        // 102 headers with the trailer.
+        let got = extract_from_with(
+            Cursor::new(image.clone()),
+            &d,
+            &small(|l| l.max_entries = 102),
+        )
+        .unwrap();
+        assert_eq!(got.files, 1);
+        let _ = fs::remove_dir_all(d.join("exitrd"));
+        let err =
+            extract_from_with(Cursor::new(image), &d, &small(|l| l.max_entries = 101)).unwrap_err();
+        assert!(err.to_string().contains("more than 101 entries"), "{err}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_payload_bound_counts_the_bytes_written() {
+        let d = scratch("maxpayload");
+        // payload_archive() writes 20 bytes of file data.
+        extract_from_with(
+            Cursor::new(payload_archive()),
+            &d,
+            &small(|l| l.max_payload = 20),
+        )
+        .unwrap();
+        let _ = fs::remove_dir_all(d.join("exitrd"));
+        let err = extract_from_with(
+            Cursor::new(payload_archive()),
+            &d,
+            &small(|l| l.max_payload = 19),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("the payload would exceed"),
+            "{err}"
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn refuses_to_fill_the_destination_file_system() {
+        let d = scratch("room");
+        // More room kept free than any file system has: the first file is refused.
+        let err = extract_from_with(
+            Cursor::new(payload_archive()),
+            &d,
+            &small(|l| l.keep_free = u64::MAX / 2),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("not enough room"), "{msg}");
+        assert!(msg.contains(d.to_str().unwrap()), "{msg}");
+        assert!(msg.contains("free some space"), "{msg}");
+        assert!(!d.join("exitrd/exitrd").exists(), "nothing written");
         fs::remove_dir_all(&d).unwrap();
     }
 

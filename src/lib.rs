@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod hookcheck;
 pub mod initrd;
 pub mod payload;
 pub mod plan;

@@ -64,6 +64,7 @@ fn main() {
                 1
             }
         },
+        cli::Command::CheckHook { root, hooks } => cli::check_hook_command(&root, &hooks),
         cli::Command::Shutdown { args } => {
             refuse_unless_pid1();
             runtime::run(&args)

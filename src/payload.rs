@@ -9,7 +9,7 @@ use crate::topology::mountinfo;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Room above the payload itself, for files other boot code may still add.
@@ -32,7 +32,11 @@ fn tree_size(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Copies `src` into `dst` (which exists), keeping modes and symlinks.
+/// Copies `src` into `dst` (which exists), keeping modes and symlinks. Nothing at the
+/// destination is followed: the payload is copied over what the target already held
+/// (files other boot code put in /run/initramfs), and a symlink there named like a
+/// payload file or directory would otherwise lead the copy anywhere. Whatever is in the
+/// way is replaced; a real directory is kept and filled.
 fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
     for entry in fs::read_dir(src)? {
         let entry = entry?;
@@ -40,14 +44,33 @@ fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
         let to = dst.join(entry.file_name());
         let kind = entry.file_type()?;
         if kind.is_symlink() {
-            let _ = fs::remove_file(&to);
+            crate::initrd::remove_existing(&to)?;
             symlink(fs::read_link(&from)?, &to)?;
         } else if kind.is_dir() {
-            fs::create_dir_all(&to)?;
+            match fs::symlink_metadata(&to) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    fs::remove_file(&to)?;
+                    fs::DirBuilder::new().mode(0o700).create(&to)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::DirBuilder::new().mode(0o700).create(&to)?
+                }
+                Err(e) => return Err(e),
+            }
             fs::set_permissions(&to, entry.metadata()?.permissions())?;
             copy_tree(&from, &to)?;
         } else if kind.is_file() {
-            fs::copy(&from, &to)?;
+            crate::initrd::remove_existing(&to)?;
+            let mut input = fs::File::open(&from)?;
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&to)?;
+            io::copy(&mut input, &mut out)?;
+            out.set_permissions(input.metadata()?.permissions())?;
         }
     }
     Ok(())
@@ -75,18 +98,100 @@ impl WithContext for io::Error {
     }
 }
 
-/// Builds the exitrd in `target` from the files in `payload` (which must hold an
-/// executable `shutdown`). Returns a one-line summary.
-pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
+/// Symbolic links followed at most this many times in one lookup (the kernel's bound).
+const MAX_SYMLINKS: u32 = 40;
+
+/// Where `path` leads when `root` is `/`: each component is looked at with lstat, and
+/// symbolic links are followed by hand, an absolute target starting again at `root` and
+/// `..` stopping there. Nothing outside `root` is ever looked at, so a link in a payload
+/// (or a fixture) is judged by what it will reach after the pivot, not by what happens
+/// to be at that path in the running system. Returns the real path below `root` (not a
+/// symlink); `visit` sees every path looked at on the way, with its metadata, root
+/// first.
+pub fn resolve_within(
+    root: &Path,
+    path: &Path,
+    visit: &mut dyn FnMut(&Path, &fs::Metadata) -> io::Result<()>,
+) -> io::Result<PathBuf> {
+    use std::path::Component;
+    // Components still to walk, last first; ".." cannot be a file name, so it marks a
+    // parent step.
+    fn push_all(todo: &mut Vec<std::ffi::OsString>, p: &Path) {
+        let parts: Vec<_> = p
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect();
+        todo.extend(parts.into_iter().rev());
+    }
+    visit(root, &fs::symlink_metadata(root)?)?;
+    let mut todo = Vec::new();
+    push_all(&mut todo, path);
+    let mut at: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        if part == ".." {
+            at.pop();
+            continue;
+        }
+        at.push(part);
+        let here: PathBuf = at.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+        let meta = fs::symlink_metadata(&here)?;
+        visit(&here, &meta)?;
+        if meta.file_type().is_symlink() {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: too many levels of symbolic links", here.display()),
+                ));
+            }
+            let target = fs::read_link(&here)?;
+            at.pop();
+            if target.is_absolute() {
+                at.clear();
+            }
+            push_all(&mut todo, &target);
+        }
+    }
+    Ok(at.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
+}
+
+/// Checks that `payload/shutdown` is, or leads inside the payload to, an executable
+/// regular file. Links are followed only inside the payload: a link to
+/// `/usr/sbin/exitrd` would pass a plain `stat` here and fail at shutdown, when the
+/// payload is `/`.
+fn check_shutdown(payload: &Path) -> io::Result<()> {
     let shutdown = payload.join("shutdown");
-    let meta =
-        fs::metadata(&shutdown).map_err(|e| e.with_context(format!("{}", shutdown.display())))?;
+    let real = resolve_within(payload, Path::new("shutdown"), &mut |_, _| Ok(())).map_err(|e| {
+        e.with_context(format!(
+            "{} (symbolic links are followed inside the payload only)",
+            shutdown.display()
+        ))
+    })?;
+    let meta = fs::symlink_metadata(&real)?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", shutdown.display()),
+        ));
+    }
     if meta.permissions().mode() & 0o111 == 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not executable", shutdown.display()),
         ));
     }
+    Ok(())
+}
+
+/// Builds the exitrd in `target` from the files in `payload` (which must hold an
+/// executable `shutdown`). Returns a one-line summary.
+pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
+    check_shutdown(payload)?;
     let parent = target.parent().unwrap_or(Path::new("/"));
     let name = target
         .file_name()
@@ -248,12 +353,12 @@ fn extract_image(image: &Path, scratch: &Path) -> io::Result<PathBuf> {
             ),
         ));
     }
-    if !payload.join("shutdown").is_file() {
+    if let Err(e) = check_shutdown(&payload) {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!(
-                "the exitrd payload in {} has no runnable 'shutdown' (the binary was missing \
-                 when it was built); reinstall exitrd, then run {rebuild}",
+                "the exitrd payload in {} has no runnable 'shutdown' ({e}; the binary was \
+                 missing when it was built); reinstall exitrd, then run {rebuild}",
                 image.display()
             ),
         ));
@@ -297,6 +402,137 @@ mod tests {
         // two one-block files, one directory, one symlink
         assert_eq!(tree_size(&src), 4 * 4096);
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    fn base(name: &str) -> PathBuf {
+        let b = std::env::temp_dir().join(format!("exitrd-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&b);
+        fs::create_dir_all(&b).unwrap();
+        b
+    }
+
+    fn exe(p: &Path) {
+        fs::write(p, b"#!binary").unwrap();
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn resolve_within_follows_links_inside_the_root_only() {
+        let root = base("resolve");
+        exe(&root.join("exitrd"));
+        fs::create_dir(root.join("sub")).unwrap();
+        fs::write(root.join("sub/f"), b"").unwrap();
+        symlink("exitrd", root.join("rel")).unwrap();
+        symlink("/exitrd", root.join("abs")).unwrap();
+        symlink("../../../../exitrd", root.join("up")).unwrap();
+        symlink("sub", root.join("d")).unwrap();
+        symlink("l2", root.join("l1")).unwrap();
+        symlink("l1", root.join("l2")).unwrap();
+        // A path that exists in the running system, not below the root.
+        let live = std::env::current_exe().unwrap();
+        symlink(&live, root.join("live")).unwrap();
+        let none = &mut |_: &Path, _: &fs::Metadata| Ok(());
+        for name in ["rel", "abs", "up", "exitrd"] {
+            let got = resolve_within(&root, Path::new(name), none).unwrap();
+            assert_eq!(got, root.join("exitrd"), "{name}");
+        }
+        assert_eq!(
+            resolve_within(&root, Path::new("d/f"), none).unwrap(),
+            root.join("sub/f")
+        );
+        let err = resolve_within(&root, Path::new("live"), none).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        let err = resolve_within(&root, Path::new("l1"), none).unwrap_err();
+        assert!(err.to_string().contains("too many levels"), "{err}");
+        let mut seen = Vec::new();
+        resolve_within(&root, Path::new("d/f"), &mut |p, _| {
+            seen.push(p.to_path_buf());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                root.clone(),
+                root.join("d"),
+                root.join("sub"),
+                root.join("sub/f")
+            ]
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn shutdown_is_checked_inside_the_payload_not_in_the_running_system() {
+        let root = base("shutdown-link");
+        // Executable in the running system, absent from the payload: useless after the
+        // pivot.
+        symlink(std::env::current_exe().unwrap(), root.join("shutdown")).unwrap();
+        let err = check_shutdown(&root).unwrap_err();
+        assert!(err.to_string().contains("inside the payload only"), "{err}");
+        fs::remove_file(root.join("shutdown")).unwrap();
+        exe(&root.join("exitrd"));
+        symlink("/exitrd", root.join("shutdown")).unwrap();
+        check_shutdown(&root).unwrap();
+
+        // The same from an image: refused when extracted, before anything is mounted.
+        let mut c = crate::initrd::tests::Cpio::default();
+        c.symlink(
+            "exitrd/shutdown",
+            std::env::current_exe().unwrap().to_str().unwrap(),
+        );
+        let image = root.join("initrd.img-6.1.0-test");
+        fs::write(&image, c.trailer()).unwrap();
+        let scratch = root.join("scratch");
+        fs::create_dir(&scratch).unwrap();
+        let err = extract_image(&image, &scratch).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("no runnable 'shutdown'"), "{msg}");
+        assert!(msg.contains("update-initramfs -u -k 6.1.0-test"), "{msg}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn copy_tree_never_follows_a_symlink_at_the_destination() {
+        let root = base("copy-nofollow");
+        let (src, dst, outside) = (root.join("src"), root.join("dst"), root.join("outside"));
+        for d in [&src, &dst, &outside] {
+            fs::create_dir(d).unwrap();
+        }
+        fs::write(outside.join("victim"), b"precious").unwrap();
+        // What the target held: links named like payload entries, and a directory where
+        // the payload has a file.
+        symlink(outside.join("victim"), dst.join("exitrd")).unwrap();
+        symlink(&outside, dst.join("hooks")).unwrap();
+        symlink(outside.join("new"), dst.join("exitrd.conf")).unwrap();
+        fs::create_dir(dst.join("shutdown")).unwrap();
+        exe(&src.join("exitrd"));
+        fs::write(src.join("exitrd.conf"), b"TIMEOUT=30\n").unwrap();
+        fs::create_dir(src.join("hooks")).unwrap();
+        fs::write(src.join("hooks/victim"), b"hook").unwrap();
+        symlink("exitrd", src.join("shutdown")).unwrap();
+        copy_tree(&src, &dst).unwrap();
+        assert_eq!(fs::read(outside.join("victim")).unwrap(), b"precious");
+        assert!(!outside.join("new").exists());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+        assert!(fs::symlink_metadata(dst.join("exitrd")).unwrap().is_file());
+        assert_eq!(fs::read(dst.join("exitrd")).unwrap(), b"#!binary");
+        assert_eq!(
+            fs::symlink_metadata(dst.join("exitrd"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
+        assert!(fs::symlink_metadata(dst.join("hooks")).unwrap().is_dir());
+        assert_eq!(fs::read(dst.join("hooks/victim")).unwrap(), b"hook");
+        assert_eq!(fs::read(dst.join("exitrd.conf")).unwrap(), b"TIMEOUT=30\n");
+        assert_eq!(
+            fs::read_link(dst.join("shutdown")).unwrap(),
+            Path::new("exitrd")
+        );
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
