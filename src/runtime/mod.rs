@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod log;
 pub mod procs;
 pub mod reboot;
+pub mod release;
 pub mod schedule;
 pub mod watchdog;
 pub mod worker;
@@ -315,6 +316,7 @@ pub fn run(args: &[String]) -> ! {
     }
     let verb = parsed.verb.unwrap_or(Verb::Reboot);
     VERB_FOR_PANIC.store(verb_code(verb), Ordering::Relaxed);
+    reboot::remember_param();
     let cfg = load_config(&cmdline);
     log::init(cfg.debug);
     let budget = budget(&cfg, parsed.timeout);
@@ -348,6 +350,12 @@ pub fn run(args: &[String]) -> ! {
     if shutdown.cfg.break_shell {
         // Not cut to the deadline: asked for on purpose, with its own bound.
         break_shell(shutdown.cfg.shell_timeout);
+    }
+    if let Some(topo) = read_topology() {
+        release::release(
+            &topo,
+            shutdown.deadline.cap_last_resort(Duration::from_secs(2)),
+        );
     }
     say!("finished in {:.1}s", started.elapsed().as_secs_f64());
     reboot::finish(

@@ -51,10 +51,22 @@ pub fn bounded_sync(timeout: Duration) {
     }
 }
 
-fn reboot_param() -> Option<String> {
+static REBOOT_PARAM: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Reads the argument of `systemctl reboot ARG` while `/run` is still mounted (the run
+/// lets go of `/run` before the end, see `release`); [`finish`] uses what was read.
+pub fn remember_param() {
+    REBOOT_PARAM.get_or_init(read_reboot_param);
+}
+
+fn read_reboot_param() -> Option<String> {
     let text = std::fs::read_to_string("/run/systemd/reboot-param").ok()?;
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_string())
+}
+
+fn reboot_param() -> Option<String> {
+    REBOOT_PARAM.get_or_init(read_reboot_param).clone()
 }
 
 fn kexec_loaded() -> bool {

@@ -12,6 +12,7 @@ from .common import indent, tail
 from .logs import (exitrd_console_and_kernel_lines, find_line, harness_lines, has_line,
                    inventory, messages, shutdown_excerpt, shutdown_seconds, stamped)
 from .qemu import Boot
+from .ram import key_total, planted
 from .scenarios import GAVE_UP, SWITCH_LINES, UNABLE_FINALIZE, Rx, Scenario, pinned
 
 
@@ -95,6 +96,7 @@ def checks_test_boot(s: Scenario, b: Boot) -> list[Check]:
         gave_up = [m for m in msgs if GAVE_UP.fullmatch(m)]
         c.append(Check("systemd did not give up ('Unable/Failed to finalize')", not gave_up,
                        f"present: {gave_up}"))
+    c += checks_ram(s, b)
     for l in s.expect:
         c.append(Check(f"log has '{l}'", has_line(msgs, l), "absent"))
     for l in s.forbid:
@@ -121,6 +123,40 @@ def checks_test_boot(s: Scenario, b: Boot) -> list[Check]:
         if not x.ok:
             x.detail += f"\n  shutdown part of {b.log_path}:\n" + indent(excerpt)
             break
+    return c
+
+
+# Of a pattern written into the guest, what may be left in its RAM after it stopped. Not
+# zero: a record may sit in a page of the writer's that was not freed but reused.
+PATTERN_LEFT_MAX = 1.0   # %
+
+
+def checks_ram(s: Scenario, b: Boot) -> list[Check]:
+    """The secrets the test boot planted (ram-secrets.sh), searched for in its RAM."""
+    if not s.ram:
+        return []
+    keys, patterns = planted(b.text)
+    r = b.ram
+    c = [Check("guest RAM saved when it stopped", r is not None,
+               "no dump (did qemu stop the guest?)")]
+    r = r or {"keys": {}, "patterns": {}}
+    if "key" in s.ram:
+        found = {n: k for n, k in r["keys"].items()}
+        counts = "; ".join(f"{n}: {k['whole']} whole, {k['first_half']} + {k['second_half']} "
+                           f"halves ({k['bits']}-bit key)" for n, k in found.items())
+        c.append(Check(f"LUKS volume keys gone from RAM ({counts or 'none planted'})",
+                       bool(keys) and bool(found) and all(key_total(k) == 0
+                                                          for k in found.values()),
+                       f"planted: {sorted(keys)}; found: {counts}"))
+    for kind in ("tmpfs", "page-cache"):
+        if kind not in s.ram:
+            continue
+        p = r["patterns"].get(kind)
+        left = p["percent_left"] if p else None
+        c.append(Check(f"{kind} pattern erased from RAM (at most {PATTERN_LEFT_MAX:g} % left; "
+                       f"{'%.3f %% left' % left if p else 'not planted'})",
+                       kind in patterns and p is not None and left <= PATTERN_LEFT_MAX,
+                       f"{p}"))
     return c
 
 

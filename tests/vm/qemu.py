@@ -9,6 +9,7 @@ import dataclasses
 import fcntl
 import heapq
 import itertools
+import json
 import os
 import re
 import shutil
@@ -51,6 +52,7 @@ class Boot:
     returncode: int | None
     cpu: float = 0.0        # qemu's CPU time (user + system), s
     repeated: str = ""      # the emulator fault that cost an earlier attempt, if any
+    ram: dict | None = None  # what ram.scan found in the RAM saved when it stopped
 
     @property
     def text(self) -> str:
@@ -83,6 +85,9 @@ class BootSpec:
     timeout: int             # s; then qemu is killed
     nbd: Nbd | None = None   # set: the first drive is served over NBD (network root)
     fmt: str = "qcow2"       # format of the drives not named *.img or *.raw
+    # Set: when the guest powers off or resets, qemu keeps it (paused, RAM intact) and the
+    # whole guest RAM is saved to this file through QMP before qemu is told to quit.
+    ram_dump: Path | None = None
 
 
 # TCG guests run their clocks in real time: crowd the host's cores with vCPUs and guest
@@ -249,12 +254,19 @@ def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -
     for d in drives:
         f = "raw" if d.suffix in (".img", ".raw") else spec.fmt
         cmd += ["-drive", f"file={d},if=virtio,format={f},cache=unsafe,discard=unmap"]
+    qmp_path = rundir / f"{name}.qmp"
+    if spec.ram_dump is not None:
+        # Power-off and reset both end with the guest stopped, not gone: its RAM is what
+        # an attacker with the machine (or a reboot into their stick) would find.
+        cmd.remove("-no-reboot")
+        cmd += ["-action", "reboot=shutdown,shutdown=pause",
+                "-qmp", f"unix:{qmp_path},server=on,wait=off"]
     (rundir / f"{name}.qemu-cmd").write_text(" ".join(cmd) + "\n")
     say(f"boot {name}: {log_path} (limit {timeout} s)")
     t0 = time.monotonic()
     with open(rundir / f"{name}.qemu-stderr", "wb") as err:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-        timed_out, status, cpu = False, None, 0.0
+        timed_out, status, cpu, polled = False, None, 0.0, 0.0
         while status is None:
             # wait4, not wait: it also gives the child's CPU time, which tells how much of
             # the host the guest used (a parallel suite's throughput depends on it).
@@ -265,6 +277,11 @@ def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -
             elif time.monotonic() - t0 > timeout and not timed_out:
                 timed_out = True
                 p.kill()
+            elif (spec.ram_dump is not None and time.monotonic() - polled > 1.0
+                  and not spec.ram_dump.exists()):
+                polled = time.monotonic()
+                if guest_stopped(qmp_path):
+                    save_ram(qmp_path, spec.ram_dump)
             else:
                 time.sleep(0.2)
     b = Boot(name, log_path, time.monotonic() - t0, timed_out, timeout, p.returncode, cpu)
@@ -272,6 +289,53 @@ def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -
     state = f"VM did not power off within {timeout} s" if timed_out else "exited"
     say(f"boot {name}: {state} after {b.wall:.0f} s (qemu CPU {cpu:.0f} s, {vm_cpus()} vCPU)")
     return b
+
+
+# --------------------------------------------------------------------------- QMP
+
+def qmp(path: Path, *commands: dict) -> list[dict]:
+    """Runs QMP commands on qemu's monitor socket; returns their answers (events skipped)."""
+    import socket
+    answers = []
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(120)
+        sock.connect(str(path))
+        f = sock.makefile("rwb")
+
+        def answer() -> dict:
+            while True:
+                msg = json.loads(f.readline())
+                if "return" in msg or "error" in msg:
+                    return msg
+        json.loads(f.readline())   # the greeting
+        for c in ({"execute": "qmp_capabilities"},) + commands:
+            f.write(json.dumps(c).encode() + b"\n")
+            f.flush()
+            answers.append(answer())
+    return answers[1:]
+
+
+def guest_stopped(path: Path) -> bool:
+    """True once the guest has powered off or reset (qemu keeps it, paused)."""
+    if not path.exists():
+        return False
+    try:
+        (status,) = qmp(path, {"execute": "query-status"})
+    except (OSError, ValueError):
+        return False
+    return status.get("return", {}).get("status") in ("shutdown", "paused", "guest-panicked")
+
+
+def save_ram(path: Path, dest: Path) -> None:
+    """Saves the guest's RAM (physical addresses 0 to its size: below qemu's PCI hole, so
+    all of it) to `dest`, then quits qemu."""
+    size = int(QEMU_BASE[QEMU_BASE.index("-m") + 1]) << 20
+    answers = qmp(path, {"execute": "pmemsave",
+                         "arguments": {"val": 0, "size": size, "filename": str(dest)}},
+                  {"execute": "quit"})
+    if "error" in answers[0]:
+        raise SystemExit(f"pmemsave failed: {answers[0]['error']}")
+    say(f"saved the guest's RAM ({size >> 20} MiB) to {dest}")
 
 
 # Multi-threaded TCG does not always drop translated code when the guest kernel patches

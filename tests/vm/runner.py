@@ -8,12 +8,13 @@ import concurrent.futures
 import dataclasses
 import datetime
 import json
+import os
 import secrets
 import shutil
 import time
 from pathlib import Path
 
-from . import common, qemu
+from . import common, qemu, ram
 from .checks import Check, checks_check_boot, checks_control, checks_test_boot
 from .common import CACHE, guest_text, indent, say, stat
 from .logs import harness_lines, shutdown_seconds, stamped
@@ -82,7 +83,14 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
 
     hd = rundir / "harness-test.img"
     files = {"run.sh": guest_text("test.sh"), "shutdown-diag.sh": guest_text("shutdown-diag.sh")}
-    if s.test_extra:
+    if s.ram:
+        # The secrets first, then the scenario's own extra (a fault may end the boot).
+        files["ram.sh"] = guest_text("ram-secrets.sh")
+        files["extra.sh"] = 'set -e\nsh "${HARNESS_LIB%/*}/ram.sh"\n'
+        if s.test_extra:
+            files["extra-main.sh"] = guest_text(s.test_extra)
+            files["extra.sh"] += 'sh "${HARNESS_LIB%/*}/extra-main.sh"\n'
+    elif s.test_extra:
         files["extra.sh"] = guest_text(s.test_extra)
     if s.media == "base+deb" and not control:
         files["exitrd.deb"] = find_deb()
@@ -94,10 +102,17 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
                                       "CONTROL": "1" if control else "0"})
         return disks + [hd]
 
+    dump = rundir / "test.ram" if s.ram else None
     tb = boot_fresh(BootSpec("test", rundir, base / "vmlinuz", initrd,
                              f"root={s.root} ro {s.append}".strip(), s.timeout_test,
-                             nbd_of(s, test=True, control=control)), setup_test)
+                             nbd_of(s, test=True, control=control), ram_dump=dump), setup_test)
     stat(f"{label}: test boot", tb.wall)
+    if dump is not None and dump.exists():
+        t0 = time.monotonic()
+        tb.ram = ram.scan(dump, tb.text)
+        stat(f"{label}: RAM search", time.monotonic() - t0)
+        if not os.environ.get("EXITRD_VM_KEEP_RAM"):
+            dump.unlink()
     if capture and tb.powered_off:
         tmpcap = rundir / "fixture"
         if debugfs_dump(hd, "/out/fixture", tmpcap, rdump=True):

@@ -124,6 +124,11 @@ class Scenario:
     nbd_root: bool = False
     nbd_stop_on: str | None = None       # test boot: the host freezes the server at this line
     nbd_stop_on_control: str | None = None   # ... and in the control's test boot
+    # RAM forensics (tests/vm/ram.py): the test boot plants secrets (guest/ram-secrets.sh),
+    # qemu keeps the guest's RAM when it stops and the host searches it. What must be
+    # gone: "key" (every LUKS volume key in crypttab, whole and by halves), "tmpfs" (a
+    # pattern in a file in /run), "page-cache" (a pattern in a file on /).
+    ram: tuple[str, ...] = ()
 
     @property
     def ident(self) -> str:
@@ -169,7 +174,14 @@ LVM_LUKS_MD_RUN = dict(
             "exitrd: stopped MD array md0 (raid1)"),
     control_fails=(f"kernel logged '{MD0_STOPPED}'", "closed (by exitrd or the kernel)"),
 )
-scenario(releases=("trixie",), **LVM_LUKS_MD, **LVM_LUKS_MD_RUN)
+# On trixie also the RAM forensics (issue 11): after the power-off, the LUKS volume key and
+# the patterns written into /run and onto / must be gone from the guest's RAM, with the
+# kernel zeroing what is freed (init_on_free=1, as Tails boots).
+scenario(releases=("trixie",), **LVM_LUKS_MD, **{
+    **LVM_LUKS_MD_RUN, "append": "init_on_free=1", "ram": ("key", "tmpfs", "page-cache"),
+    "control_fails": LVM_LUKS_MD_RUN["control_fails"] + (
+        "LUKS volume keys gone from RAM", "tmpfs pattern erased from RAM",
+        "page-cache pattern erased from RAM")})
 # bookworm's systemd 252 flags nothing for deferred removal: exitrd removes all three.
 scenario(releases=("bookworm",), **{**LVM_LUKS_MD,
                                     "closed_by_exitrd": ("vg0-root", "md0_crypt", "md0")},
@@ -255,7 +267,9 @@ scenario(
         "exitrd: suspended md0_crypt with its writes flushed (could not remove it)",
         "exitrd: wiped the key of dm-crypt mapping md0_crypt from memory "
         "(checked: its table holds no key now)"),
-    control_fails=("in order: ", "data intact: root fs clean at next boot"),
+    ram=("key",),
+    control_fails=("in order: ", "data intact: root fs clean at next boot",
+                   "LUKS volume keys gone from RAM"),
 )
 scenario(
     name="fault-bad-input", **FAULT_STACK, kernel_lines=(MD0_STOPPED,),
@@ -340,7 +354,7 @@ scenario(
     # init_on_free=1 as Tails: the pages the overlay frees are zeroed. Under TCG and host
     # load that made the overlay's unmount take 4-6 s even after dropping the clean cache
     # (guest/live-diag.sh), and once over 60 s without: more step time than the default 10 s.
-    append="boot=live init_on_free=1 exitrd.step_timeout=30s",
+    append="boot=live init_on_free=1 exitrd.step_timeout=30s", ram=("tmpfs", "page-cache"),
     # loop0 goes by the kernel's autoclear (systemd's failed LOOP_CLR_FD set it).
     closed=("loop0",), check_boot=False, check_md=False, test_extra="live-diag.sh",
     timeout_test=900,
@@ -359,7 +373,8 @@ scenario(
     forbid=("exitrd: could not *",),
     control_gave_up=Rx(r"systemd-shutdown\[1\]: Unable to finalize remaining "
                        r"(file systems, )?loop devices, ignoring\."),
-    control_fails=("kernel logged 'EXT4-fs (vda): unmounting filesystem",),
+    control_fails=("kernel logged 'EXT4-fs (vda): unmounting filesystem",
+                   "tmpfs pattern erased from RAM"),
 )
 
 # Three rows of issue 4 in one stack: / on an LVM thin volume whose pool's data LV has a

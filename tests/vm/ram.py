@@ -1,0 +1,53 @@
+"""The guest's RAM after it powered off or reset (Scenario.ram): what the guest planted
+(guest/ram-secrets.sh: LUKS volume keys, patterns in a tmpfs and in the page cache) is
+searched for in the dump qemu saved, as an attacker with the machine would."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .logs import harness_lines
+
+KEY = re.compile(r"ram: volume key of (\S+): ([0-9a-f]+)")
+PATTERN = re.compile(r"ram: pattern (\S+) (\S+) seed ([0-9a-f]{16}) records (\d+)")
+RECORD = re.compile(rb"XRD:([0-9a-f]{16}):(\d{8});")
+
+
+def planted(text: str) -> tuple[dict[str, str], dict[str, tuple[str, str, int]]]:
+    """From the test boot's log: volume keys by mapping, patterns by kind."""
+    keys: dict[str, str] = {}
+    patterns: dict[str, tuple[str, str, int]] = {}
+    for l in harness_lines(text):
+        if m := KEY.fullmatch(l):
+            keys[m.group(1)] = m.group(2)
+        elif m := PATTERN.fullmatch(l):
+            patterns[m.group(1)] = (m.group(2), m.group(3), int(m.group(4)))
+    return keys, patterns
+
+
+def scan(dump: Path, text: str) -> dict:
+    """Counts, in the dump, each volume key whole and by halves, and the share of each
+    pattern's records still present. Written next to the dump as ram.json."""
+    keys, patterns = planted(text)
+    data = dump.read_bytes()
+    out: dict = {"dump_bytes": len(data), "keys": {}, "patterns": {}}
+    for name, hexkey in keys.items():
+        k = bytes.fromhex(hexkey)
+        h = len(k) // 2
+        out["keys"][name] = {"bits": len(k) * 8, "whole": data.count(k),
+                             "first_half": data.count(k[:h]), "second_half": data.count(k[h:])}
+    found: dict[str, set[int]] = {}
+    for m in RECORD.finditer(data):
+        found.setdefault(m.group(1).decode(), set()).add(int(m.group(2)))
+    for kind, (path, seed, records) in patterns.items():
+        left = len(found.get(seed, set()))
+        out["patterns"][kind] = {"path": path, "records": records, "left": left,
+                                 "percent_left": round(100.0 * left / records, 3)}
+    (dump.parent / "ram.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def key_total(c: dict) -> int:
+    return c["whole"] + c["first_half"] + c["second_half"]
