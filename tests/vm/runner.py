@@ -99,7 +99,7 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
     def setup_test() -> list[Path]:
         disks[:] = [overlay(d, rundir / d.name) for d in sorted(src.glob("disk*.qcow2"))]
         make_harness_disk(hd, files, {"TOKEN": token, "CAPTURE": "1" if capture else "0",
-                                      "CONTROL": "1" if control else "0"})
+                                      "CONTROL": "1" if control else "0", "VERB": s.verb})
         return disks + [hd]
 
     dump = rundir / "test.ram" if s.ram else None

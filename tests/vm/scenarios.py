@@ -129,6 +129,7 @@ class Scenario:
     # gone: "key" (every LUKS volume key in crypttab, whole and by halves), "tmpfs" (a
     # pattern in a file in /run), "page-cache" (a pattern in a file on /).
     ram: tuple[str, ...] = ()
+    verb: str = "poweroff"               # how the test boot ends ("reboot": set final_line)
 
     @property
     def ident(self) -> str:
@@ -267,7 +268,9 @@ scenario(
         "exitrd: suspended md0_crypt with its writes flushed (could not remove it)",
         "exitrd: wiped the key of dm-crypt mapping md0_crypt from memory "
         "(checked: its table holds no key now)"),
-    ram=("key",),
+    # A warm reboot (with the RAM kept): the cold-boot attack is mostly a reboot into the
+    # attacker's stick.
+    ram=("key",), verb="reboot", final_line="reboot: Restarting system",
     control_fails=("in order: ", "data intact: root fs clean at next boot",
                    "LUKS volume keys gone from RAM"),
 )

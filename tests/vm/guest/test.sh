@@ -1,6 +1,6 @@
 #!/bin/sh
 # Test boot: leave a marker on the root file system, optionally capture a fixture
-# of the storage topology, then let the harness power off normally.
+# of the storage topology, then let the harness power off (or reboot) normally.
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
@@ -27,5 +27,13 @@ extra=${HARNESS_LIB%/*}/extra.sh
 if [ -f "$extra" ]; then
 	log "running the scenario's extra.sh"
 	(cd / && sh "$extra")
+fi
+# Scenario.verb: the harness always asks for "systemctl poweroff"; for a reboot, make
+# poweroff.target an alias of reboot.target for the rest of this boot (/run is not kept).
+if [ "${VERB:-poweroff}" = reboot ]; then
+	mkdir -p /run/systemd/system
+	ln -sf /usr/lib/systemd/system/reboot.target /run/systemd/system/poweroff.target
+	systemctl daemon-reload
+	log "poweroff.target now leads to $(systemctl show -P Id poweroff.target)"
 fi
 log "test: done"
