@@ -21,7 +21,7 @@ pub mod worker;
 
 use crate::config::{self, Config};
 use crate::plan::{self, PlanOptions, Step};
-use crate::teardown::{devnode, dm, loopdev, md, nbd, swap};
+use crate::teardown::{dm, loopdev, md, nbd, swap};
 use crate::topology::block::DevKind;
 use crate::topology::Topology;
 use crate::{debug, say};
@@ -32,11 +32,11 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
-use worker::{bounded, Outcome};
+use worker::{bounded, bounded_close, Outcome};
 
 const OLDROOT: &str = "/oldroot";
-/// How long an MD array may stay busy after the device above it was closed.
-const MD_SETTLE: Duration = Duration::from_secs(2);
+/// Where sysfs is mounted.
+const SYS: &str = "/sys";
 /// Where the payload lives after the pivot: the root of the exitrd tmpfs.
 const CONFIG_FILE: &str = "/exitrd.conf";
 const HOOKS_DIR: &str = "/hooks";
@@ -797,13 +797,13 @@ fn name_blockers(step: &Step) {
 }
 
 fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
-    let node = |device: &str| -> io::Result<std::path::PathBuf> {
-        let d = topo
-            .devices
+    let number = |device: &str| -> io::Result<(u32, u32)> {
+        topo.devices
             .get(device)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{device} vanished")))?;
-        devnode::node_for(&d.name, d.major, d.minor)
+            .map(|d| (d.major, d.minor))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{device} vanished")))
     };
+    let sys = Path::new(SYS);
     match step.clone() {
         Step::MoveOut { mount_point, to } => bounded(timeout, move || {
             std::fs::create_dir_all(&to)?;
@@ -823,84 +823,23 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
             nix::mount::umount2(mount_point.as_path(), nix::mount::MntFlags::UMOUNT_NOFOLLOW)
                 .map_err(io::Error::from)
         }),
-        Step::RemoveDm { name, device, .. } => {
-            let Some((major, minor)) = topo.devices.get(&device).map(|d| (d.major, d.minor)) else {
-                return Outcome::Gone;
-            };
-            // Devices under deferred removal go by themselves as their last user closes
-            // them, often between reading sysfs and getting here.
-            let sys_dev = Path::new("/sys/dev/block");
-            if sys_dev.is_dir() && !sys_dev.join(format!("{major}:{minor}")).exists() {
-                return Outcome::Gone;
-            }
-            // The planner names a device by its kernel name when sysfs gave no DM name
-            // (read while it was going): DM knows no such name, so ask by number.
-            let by_number = name == device;
-            let path = node(&device).ok();
-            let outcome = bounded(timeout, move || {
-                if let Some(path) = &path {
-                    flush_device(path);
-                }
-                if by_number {
-                    return dm::remove_by_dev(major, minor);
-                }
-                dm::remove(&name)?;
-                // The log says "key wiped" for a dm-crypt mapping: only once it is gone
-                // (the kernel zeroes the key as it frees the mapping).
-                if dm::exists(&name)? {
-                    return Err(io::Error::other(format!(
-                        "device-mapper: '{name}' is still there after its removal"
-                    )));
-                }
-                Ok(())
-            });
-            match outcome {
-                // It went by itself meanwhile (the kernel refuses a device it is deleting).
-                Outcome::Failed(e) if worker::errno(&e) == Some(nix::libc::ENXIO) => Outcome::Gone,
-                other => other,
-            }
-        }
-        Step::StopMd { device, .. } => match node(&device) {
-            Ok(path) => bounded(timeout, move || {
-                flush_device(&path);
-                md::stop_array_settling(&path, MD_SETTLE.min(timeout / 2))
-            }),
+        Step::RemoveDm { name, device, .. } => match number(&device) {
+            Ok(dev) => bounded_close(timeout, move || dm::close(sys, &name, &device, dev)),
+            // Gone from the topology the step was planned from.
+            Err(_) => Outcome::Gone,
+        },
+        Step::StopMd { device, .. } => match number(&device) {
+            Ok(dev) => bounded(timeout, move || md::stop(&device, dev, timeout)),
             Err(e) => Outcome::Failed(e),
         },
-        Step::DetachLoop { device, .. } => match node(&device) {
-            Ok(path) => bounded(timeout, move || {
-                flush_device(&path);
-                loopdev::clear_fd(&path)?;
-                // A loop device still in use is only marked to detach on its last close:
-                // not done yet, and not progress worth another pass.
-                let backing = Path::new("/sys/class/block")
-                    .join(&device)
-                    .join("loop/backing_file");
-                if std::fs::read_to_string(backing).is_ok_and(|b| !b.trim().is_empty()) {
-                    return Err(io::Error::other(
-                        "still in use: marked to detach when its last user closes it",
-                    ));
-                }
-                Ok(())
-            }),
+        Step::DetachLoop { device, .. } => match number(&device) {
+            Ok(dev) => bounded(timeout, move || loopdev::detach(sys, &device, dev)),
             Err(e) => Outcome::Failed(e),
         },
-        // The file systems on it are unmounted (and flushed): nothing is left to write.
-        Step::DisconnectNbd { device } => match node(&device) {
-            Ok(path) => bounded(timeout, move || {
-                nbd::disconnect(&path, &device, Duration::from_secs(2))
-            }),
+        Step::DisconnectNbd { device } => match number(&device) {
+            Ok(dev) => bounded(timeout, move || nbd::disconnect(sys, &device, dev)),
             Err(e) => Outcome::Failed(e),
         },
-    }
-}
-
-/// Writes back whatever the device's own page cache still holds and asks the device to
-/// flush its write cache (fsync on a block device does both), before it is closed for
-/// good. Best effort: a device that vanished meanwhile needs no flush.
-fn flush_device(path: &Path) {
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.sync_all();
     }
 }
 

@@ -2,6 +2,7 @@
 //! STOP_ARRAY, sync) runs in a forked child. If the child does not finish in time it is
 //! abandoned (it may be stuck in D state and unkillable) and the shutdown goes on.
 
+use crate::teardown::Closed;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe, read, write, ForkResult, Pid};
@@ -52,11 +53,30 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// A worker's exit code when its operation found the device already gone
+/// ([`Closed::Gone`]); errno values stay below it (Linux's largest is 133).
+const GONE_EXIT: i32 = 254;
+/// A worker's exit code for an error without an errno.
+const OTHER_ERROR_EXIT: i32 = 255;
+
+/// The exit code a worker reports `e` with: its errno, if it has one that fits.
+fn exit_code(e: &io::Error) -> i32 {
+    errno(e)
+        .filter(|c| (1..GONE_EXIT).contains(c))
+        .unwrap_or(OTHER_ERROR_EXIT)
+}
+
 /// Runs `op` in a child process and waits at most `timeout` for it.
 ///
 /// The child reports failure as its exit code (the errno, or 255) and writes the error
 /// text into a pipe, so the parent can log exactly what the kernel said.
 pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outcome {
+    bounded_close(timeout, || op().map(|()| Closed::Done))
+}
+
+/// [`bounded`] for an operation that closes a device and may find it gone already:
+/// [`Closed::Gone`] comes back as [`Outcome::Gone`].
+pub fn bounded_close<F: FnOnce() -> io::Result<Closed>>(timeout: Duration, op: F) -> Outcome {
     let (reader, writer, forked) = match start_worker() {
         Ok(started) => started,
         // Not run inline: an operation that can block forever must never run in PID 1
@@ -73,10 +93,11 @@ pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outco
             IN_WORKER.store(true, Ordering::Relaxed);
             drop(reader);
             let code = match op() {
-                Ok(()) => 0,
+                Ok(Closed::Done) => 0,
+                Ok(Closed::Gone) => GONE_EXIT,
                 Err(e) => {
                     let _ = write(&writer, e.to_string().as_bytes());
-                    errno(&e).filter(|c| (1..255).contains(c)).unwrap_or(255)
+                    exit_code(&e)
                 }
             };
             // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
@@ -160,7 +181,7 @@ pub fn bounded_output<F: FnOnce(&mut std::fs::File) -> io::Result<()>>(
             let mut out = std::fs::File::from(writer);
             let code = match op(&mut out) {
                 Ok(()) => 0,
-                Err(e) => errno(&e).filter(|c| (1..255).contains(c)).unwrap_or(255),
+                Err(e) => exit_code(&e),
             };
             // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
             unsafe { nix::libc::_exit(code) }
@@ -242,7 +263,8 @@ fn wait_for(child: Pid, timeout: Duration) -> Outcome {
     loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, 0)) => return Outcome::Done,
-            Ok(WaitStatus::Exited(_, 255)) => {
+            Ok(WaitStatus::Exited(_, GONE_EXIT)) => return Outcome::Gone,
+            Ok(WaitStatus::Exited(_, OTHER_ERROR_EXIT)) => {
                 return Outcome::Failed(io::Error::other("failed"));
             }
             Ok(WaitStatus::Exited(_, code)) => {
@@ -339,6 +361,15 @@ mod tests {
             }
             other => panic!("expected failure, got {other}"),
         }
+        // A device found gone comes back as such, not as done or failed.
+        assert!(matches!(
+            bounded_close(Duration::from_secs(5), || Ok(Closed::Gone)),
+            Outcome::Gone
+        ));
+        assert!(matches!(
+            bounded_close(Duration::from_secs(5), || Ok(Closed::Done)),
+            Outcome::Done
+        ));
         let start = Instant::now();
         let outcome = bounded(Duration::from_millis(200), || {
             std::thread::sleep(Duration::from_secs(30));

@@ -164,6 +164,16 @@ pub fn errno(err: &io::Error) -> Option<i32> {
     errno(&ctx.source)
 }
 
+/// Writes back whatever the device's own page cache still holds and asks the device to
+/// flush its write cache (fsync on a block device does both), before it is closed for
+/// good. Best effort: a device that vanished meanwhile needs no flush, and a failed flush
+/// shows in the close that follows.
+pub fn flush(node: &Path) {
+    if let Ok(f) = fs::File::open(node) {
+        let _ = f.sync_all();
+    }
+}
+
 /// How often [`retry_for`] tries again.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
