@@ -8,7 +8,7 @@
 //! `EXITRD_INVENTORY` (a file listing what is still mounted and open) in its environment,
 //! runs in its own process group, and is killed with its group when it overruns its time.
 
-use crate::runtime::watchdog;
+use crate::runtime::{log, watchdog};
 use crate::say;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -128,6 +128,36 @@ pub fn run_stage(
         }
     }
     (ok, bad)
+}
+
+/// `exitrd.break=shell`: a shell on the console before the final reboot, bounded so an
+/// unattended machine still powers off.
+pub fn break_shell(limit: Duration) {
+    let Some(shell) = ["/bin/sh", "/sh"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        say!("exitrd.break=shell: no shell in the payload; going on");
+        return;
+    };
+    say!(
+        "exitrd.break=shell: starting {shell}; the shutdown goes on when it exits or after {}s",
+        limit.as_secs()
+    );
+    log::flush_console();
+    let Ok(mut child) = with_default_signals(&mut std::process::Command::new(shell)).spawn() else {
+        say!("could not start {shell}");
+        return;
+    };
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        watchdog::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    say!("shell time is up: going on");
 }
 
 #[cfg(test)]
