@@ -1,7 +1,11 @@
 //! Bounded execution: every operation that can block in the kernel (umount, DM ioctls,
 //! STOP_ARRAY, sync) runs in a forked child. If the child does not finish in time it is
 //! abandoned (it may be stuck in D state and unkillable) and the shutdown goes on.
+//!
+//! The parent feeds the watchdog while it waits, so the operation itself (a teardown
+//! function with a retry loop of its own) need not know about the watchdog.
 
+use crate::runtime::watchdog;
 use crate::teardown::Closed;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -136,7 +140,7 @@ fn start_worker() -> io::Result<(OwnedFd, OwnedFd, ForkResult)> {
     let mut last = io::Error::other("no attempt");
     for attempt in 0..3 {
         if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(50));
+            watchdog::sleep(Duration::from_millis(50));
         }
         #[cfg(test)]
         if FAIL_STARTS.with(|f| f.get()) {
@@ -225,7 +229,7 @@ pub fn bounded_output<F: FnOnce(&mut std::fs::File) -> io::Result<()>>(
                     }
                     return (Outcome::TimedOut, out);
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                watchdog::sleep(Duration::from_millis(2));
             }
         }
     }
@@ -284,7 +288,7 @@ fn wait_for(child: Pid, timeout: Duration) -> Outcome {
             }
             return Outcome::TimedOut;
         }
-        std::thread::sleep(pause);
+        watchdog::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
@@ -378,6 +382,24 @@ mod tests {
         assert!(matches!(outcome, Outcome::TimedOut));
         assert!(!abandoned().is_empty(), "the stuck worker is remembered");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    /// The parent feeds the watchdog while a worker runs, whichever way it waits for it.
+    #[test]
+    fn waiting_for_a_worker_feeds_the_watchdog() {
+        let slow = || {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(())
+        };
+        let fed = watchdog::testing::feeds_during(|| {
+            assert!(bounded(Duration::from_secs(5), slow).is_done());
+        });
+        assert!(fed >= 2, "fed {fed} times while waiting");
+        let fed = watchdog::testing::feeds_during(|| {
+            let (outcome, _) = bounded_output(Duration::from_secs(5), |_| slow());
+            assert!(outcome.is_done());
+        });
+        assert!(fed >= 2, "fed {fed} times while waiting");
     }
 
     #[test]

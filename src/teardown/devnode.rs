@@ -181,7 +181,8 @@ pub const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// or `limit` has passed (it always runs at least once), sleeping [`RETRY_INTERVAL`]
 /// between attempts; returns the last result. For the kernel's short after-effects
 /// (an array still held for a moment after the device above it went, a disconnect not
-/// yet visible in sysfs), never for waiting on something that may not change.
+/// yet visible in sysfs), never for waiting on something that may not change. It runs in
+/// the runtime's worker, whose parent feeds the watchdog meanwhile.
 pub fn retry_for<T>(
     limit: Duration,
     mut attempt: impl FnMut() -> io::Result<T>,
