@@ -59,8 +59,9 @@ pub fn with_default_signals(cmd: &mut Command) -> &mut Command {
     }
 }
 
-/// Runs every hook of `stage` under `hooks_root`, each bounded by `timeout` (and by what
-/// is left of `until`). Returns how many succeeded and how many failed or were killed.
+/// Runs every hook of `stage` under `hooks_root`, each bounded by `timeout` (which the
+/// caller cuts to what is left of the deadline). Returns how many succeeded and how many
+/// failed or were killed.
 pub fn run_stage(
     hooks_root: &Path,
     stage: &str,

@@ -107,5 +107,8 @@ pub fn write_inventory_file() {
         .iter()
         .map(|s| format!("{}\n", s.describe()))
         .collect();
-    let _ = std::fs::write(INVENTORY_FILE, text);
+    // The hooks would read an old list, or none: worth a line.
+    if let Err(e) = std::fs::write(INVENTORY_FILE, text) {
+        say!("cannot write {INVENTORY_FILE} for the hooks: {e}");
+    }
 }

@@ -8,9 +8,8 @@
 //! room we offer. Devices are addressed by name (the uuid field stays empty:
 //! the kernel refuses requests that give both) or, for removal, by number.
 //!
-//! The kernel copies the header back on return; `info` reads it, and
-//! [`suspend`] checks that the returned `DM_SUSPEND_FLAG` agrees with what
-//! was asked.
+//! The kernel copies the header back on return; [`suspend`] checks that the
+//! returned `DM_SUSPEND_FLAG` agrees with what was asked.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
@@ -221,30 +220,8 @@ impl DmRequest {
     }
 }
 
-/// State of a device-mapper device as reported by `DM_DEV_STATUS`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DmInfo {
-    /// Number of openers of the mapped device (0 means removable).
-    pub open_count: i32,
-    /// `DM_SUSPEND_FLAG` was set.
-    pub suspended: bool,
-    /// Targets in the active table (0 when there is no active table).
-    pub target_count: u32,
-    /// `(major, minor)` of the mapped block device.
-    pub dev: (u32, u32),
-}
-
-/// Splits the kernel's 64-bit device number encoding (`huge_encode_dev`:
-/// minor bits 0-7, major bits 8-19, minor bits 8-19 at 20-31).
-fn decode_dev(dev: u64) -> (u32, u32) {
-    let major = (dev >> 8) & 0xfff;
-    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
-    // Both are masked to at most 20 bits above.
-    (major as u32, minor as u32)
-}
-
-/// The kernel's 64-bit device number encoding (`huge_encode_dev`), the inverse of
-/// [`decode_dev`].
+/// The kernel's 64-bit device number encoding (`huge_encode_dev`: minor bits 0-7, major
+/// bits 8-19, minor bits 8-19 at 20-31).
 fn encode_dev(major: u32, minor: u32) -> u64 {
     let (major, minor) = (u64::from(major), u64::from(minor));
     (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
@@ -371,20 +348,15 @@ fn message(name: &str, sector: u64, msg: &str) -> io::Result<()> {
     result
 }
 
-/// Queries `name` (`DM_DEV_STATUS`).
-fn info(name: &str) -> io::Result<DmInfo> {
+/// Asks for the status of `name` (`DM_DEV_STATUS`), which fails with `ENXIO` when there
+/// is no such device.
+fn status(name: &str) -> io::Result<()> {
     let mut req = DmRequest::new(name)?;
     call(
         DM_DEV_STATUS,
         &mut req,
         &format!("device-mapper: querying status of '{name}'"),
-    )?;
-    Ok(DmInfo {
-        open_count: req.hdr.open_count,
-        suspended: req.hdr.flags & DM_SUSPEND_FLAG != 0,
-        target_count: req.hdr.target_count,
-        dev: decode_dev(req.hdr.dev),
-    })
+    )
 }
 
 /// One target of a device's active table.
@@ -587,7 +559,7 @@ fn remove_flushed(name: &str, kernel_name: &str, (major, minor): (u32, u32)) -> 
 /// Whether the device-mapper device `name` still exists (`DM_DEV_STATUS` answers ENXIO
 /// for one that is gone).
 fn exists(name: &str) -> io::Result<bool> {
-    match info(name) {
+    match status(name) {
         Ok(_) => Ok(true),
         Err(e) if errno(&e) == Some(libc::ENXIO) => Ok(false),
         Err(e) => Err(e),
@@ -598,6 +570,13 @@ fn exists(name: &str) -> io::Result<bool> {
 mod tests {
     use super::super::devnode::abi_probe;
     use super::*;
+
+    /// Splits the kernel's 64-bit device number encoding, the inverse of [`encode_dev`].
+    fn decode_dev(dev: u64) -> (u32, u32) {
+        let major = (dev >> 8) & 0xfff;
+        let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+        (major as u32, minor as u32)
+    }
 
     /// A device under deferred removal that left sysfs since the topology was read: gone,
     /// without a word to the kernel (no control node, no flush, no removal).
@@ -734,7 +713,7 @@ mod tests {
             io::ErrorKind::InvalidInput
         );
         assert_eq!(
-            info(&too_long).unwrap_err().kind(),
+            exists(&too_long).unwrap_err().kind(),
             io::ErrorKind::InvalidInput
         );
     }
