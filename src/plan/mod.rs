@@ -14,9 +14,9 @@
 //! (DM, MD, bound loop, connected NBD) become steps; disks and partitions are only passed
 //! through.
 //!
-//! The parts, in the order `plan` uses them: [`graph`] builds the graph, [`rank`] ranks
-//! the nodes, [`order`] sorts them, [`emit`] turns them into [`Step`]s (whose wording is
-//! in [`step`]). The storage tree of `exitrd plan` is in [`tree`].
+//! The parts, in the order `plan` uses them: `graph` builds the graph, `rank` ranks the
+//! nodes, `order` sorts them, `emit` turns them into [`Step`]s (whose wording is in
+//! `step`). The storage tree of `exitrd plan` is in `tree`.
 
 mod emit;
 mod graph;

@@ -2,7 +2,7 @@
 //! step, hooks, forced unmounts) takes at most what is left of it; the last-resort acts
 //! that must run even when time is up (suspending what is left, wiping keys, the final
 //! sync) share a fixed reserve after it, so that the whole run stays inside systemd's
-//! `--timeout` (the budget is that timeout less the reserve, see `runtime::budget`).
+//! `--timeout` (the budget is that timeout less the reserve, see `runtime::arguments::budget`).
 
 use std::time::{Duration, Instant};
 

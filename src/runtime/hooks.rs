@@ -8,7 +8,7 @@
 //! `EXITRD_INVENTORY` (a file listing what is still mounted and open) in its environment,
 //! runs in its own process group, and is killed with its group when it overruns its time.
 
-use crate::runtime::watchdog;
+use crate::runtime::{log, watchdog};
 use crate::say;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -59,8 +59,9 @@ pub fn with_default_signals(cmd: &mut Command) -> &mut Command {
     }
 }
 
-/// Runs every hook of `stage` under `hooks_root`, each bounded by `timeout` (and by what
-/// is left of `until`). Returns how many succeeded and how many failed or were killed.
+/// Runs every hook of `stage` under `hooks_root`, each bounded by `timeout` (which the
+/// caller cuts to what is left of the deadline). Returns how many succeeded and how many
+/// failed or were killed.
 pub fn run_stage(
     hooks_root: &Path,
     stage: &str,
@@ -128,6 +129,36 @@ pub fn run_stage(
         }
     }
     (ok, bad)
+}
+
+/// `exitrd.break=shell`: a shell on the console before the final reboot, bounded so an
+/// unattended machine still powers off.
+pub fn break_shell(limit: Duration) {
+    let Some(shell) = ["/bin/sh", "/sh"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        say!("exitrd.break=shell: no shell in the payload; going on");
+        return;
+    };
+    say!(
+        "exitrd.break=shell: starting {shell}; the shutdown goes on when it exits or after {}s",
+        limit.as_secs()
+    );
+    log::flush_console();
+    let Ok(mut child) = with_default_signals(&mut std::process::Command::new(shell)).spawn() else {
+        say!("could not start {shell}");
+        return;
+    };
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        watchdog::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    say!("shell time is up: going on");
 }
 
 #[cfg(test)]

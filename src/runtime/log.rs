@@ -110,6 +110,7 @@ pub fn write_within(fd: &impl AsFd, bytes: &[u8], wait: Duration) -> bool {
                 if left.is_zero() {
                     return false;
                 }
+                super::watchdog::feed();
                 let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
                 let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
                 let _ = poll(&mut fds, PollTimeout::from(ms));

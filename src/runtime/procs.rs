@@ -4,6 +4,7 @@
 //! `cgroup`. `cmdline` and `maps` take the target's mmap lock, which a process stuck on a
 //! dead NBD, NFS or FUSE mapping can hold forever, so they are read in bounded workers.
 
+use crate::runtime::watchdog;
 use crate::runtime::worker::{bounded_output, reap_all};
 use crate::say;
 use nix::sys::signal::{kill, Signal};
@@ -381,7 +382,7 @@ fn wait_gone(procs: &[Proc], limit: Duration, proc_root: &Path) -> Vec<Proc> {
         if left.is_empty() || start.elapsed() >= limit {
             return left;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        watchdog::sleep(Duration::from_millis(50));
     }
 }
 

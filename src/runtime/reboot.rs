@@ -133,6 +133,7 @@ pub fn finish(verb: Verb, sync_timeout: Duration) -> ! {
         say!("reboot(2) failed: {err:?}; trying a plain reboot");
         log::flush_console();
         let _ = reboot(RebootMode::RB_AUTOBOOT);
+        // Not fed here: should reboot(2) keep failing, the watchdog resets the machine.
         std::thread::sleep(Duration::from_secs(1));
     }
 }

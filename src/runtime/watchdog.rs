@@ -78,6 +78,8 @@ pub fn feed() {
         nix::libc::ioctl(dog.file.as_raw_fd(), WDIOC_KEEPALIVE, &mut unused);
     }
     dog.last = Instant::now();
+    #[cfg(test)]
+    testing::FEEDS.with(|n| n.set(n.get() + 1));
 }
 
 /// Sleeps for `d` while keeping the watchdog fed.
@@ -90,6 +92,40 @@ pub fn sleep(d: Duration) {
             return;
         }
         std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+/// A stand-in watchdog for tests of the wait loops.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Feeds made on this thread (a test's own, whatever other tests do meanwhile).
+        pub(super) static FEEDS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Runs `f` with a watchdog due at every feed (`/dev/null`: the keepalive ioctl fails
+    /// there, harmlessly) and returns how many times `f` fed it.
+    pub(crate) fn feeds_during(f: impl FnOnce()) -> usize {
+        let Ok(file) = OpenOptions::new().write(true).open("/dev/null") else {
+            panic!("cannot open /dev/null");
+        };
+        if let Ok(mut slot) = DOG.lock() {
+            *slot = Some(Dog {
+                file,
+                every: Duration::ZERO,
+                last: Instant::now(),
+            });
+        }
+        FEEDS.with(|n| n.set(0));
+        f();
+        let fed = FEEDS.with(|n| n.get());
+        if let Ok(mut slot) = DOG.lock() {
+            *slot = None;
+        }
+        fed
     }
 }
 

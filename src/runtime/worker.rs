@@ -1,7 +1,12 @@
 //! Bounded execution: every operation that can block in the kernel (umount, DM ioctls,
 //! STOP_ARRAY, sync) runs in a forked child. If the child does not finish in time it is
 //! abandoned (it may be stuck in D state and unkillable) and the shutdown goes on.
+//!
+//! The parent feeds the watchdog while it waits, so the operation itself (a teardown
+//! function with a retry loop of its own) need not know about the watchdog.
 
+use crate::runtime::watchdog;
+use crate::teardown::Closed;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe, read, write, ForkResult, Pid};
@@ -52,11 +57,30 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// A worker's exit code when its operation found the device already gone
+/// ([`Closed::Gone`]); errno values stay below it (Linux's largest is 133).
+const GONE_EXIT: i32 = 254;
+/// A worker's exit code for an error without an errno.
+const OTHER_ERROR_EXIT: i32 = 255;
+
+/// The exit code a worker reports `e` with: its errno, if it has one that fits.
+fn exit_code(e: &io::Error) -> i32 {
+    errno(e)
+        .filter(|c| (1..GONE_EXIT).contains(c))
+        .unwrap_or(OTHER_ERROR_EXIT)
+}
+
 /// Runs `op` in a child process and waits at most `timeout` for it.
 ///
 /// The child reports failure as its exit code (the errno, or 255) and writes the error
 /// text into a pipe, so the parent can log exactly what the kernel said.
 pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outcome {
+    bounded_close(timeout, || op().map(|()| Closed::Done))
+}
+
+/// [`bounded`] for an operation that closes a device and may find it gone already:
+/// [`Closed::Gone`] comes back as [`Outcome::Gone`].
+pub fn bounded_close<F: FnOnce() -> io::Result<Closed>>(timeout: Duration, op: F) -> Outcome {
     let (reader, writer, forked) = match start_worker() {
         Ok(started) => started,
         // Not run inline: an operation that can block forever must never run in PID 1
@@ -73,10 +97,11 @@ pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outco
             IN_WORKER.store(true, Ordering::Relaxed);
             drop(reader);
             let code = match op() {
-                Ok(()) => 0,
+                Ok(Closed::Done) => 0,
+                Ok(Closed::Gone) => GONE_EXIT,
                 Err(e) => {
                     let _ = write(&writer, e.to_string().as_bytes());
-                    errno(&e).filter(|c| (1..255).contains(c)).unwrap_or(255)
+                    exit_code(&e)
                 }
             };
             // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
@@ -115,7 +140,7 @@ fn start_worker() -> io::Result<(OwnedFd, OwnedFd, ForkResult)> {
     let mut last = io::Error::other("no attempt");
     for attempt in 0..3 {
         if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(50));
+            watchdog::sleep(Duration::from_millis(50));
         }
         #[cfg(test)]
         if FAIL_STARTS.with(|f| f.get()) {
@@ -160,7 +185,7 @@ pub fn bounded_output<F: FnOnce(&mut std::fs::File) -> io::Result<()>>(
             let mut out = std::fs::File::from(writer);
             let code = match op(&mut out) {
                 Ok(()) => 0,
-                Err(e) => errno(&e).filter(|c| (1..255).contains(c)).unwrap_or(255),
+                Err(e) => exit_code(&e),
             };
             // SAFETY: _exit skips atexit handlers and destructors, which belong to the parent.
             unsafe { nix::libc::_exit(code) }
@@ -204,7 +229,7 @@ pub fn bounded_output<F: FnOnce(&mut std::fs::File) -> io::Result<()>>(
                     }
                     return (Outcome::TimedOut, out);
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                watchdog::sleep(Duration::from_millis(2));
             }
         }
     }
@@ -242,7 +267,8 @@ fn wait_for(child: Pid, timeout: Duration) -> Outcome {
     loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, 0)) => return Outcome::Done,
-            Ok(WaitStatus::Exited(_, 255)) => {
+            Ok(WaitStatus::Exited(_, GONE_EXIT)) => return Outcome::Gone,
+            Ok(WaitStatus::Exited(_, OTHER_ERROR_EXIT)) => {
                 return Outcome::Failed(io::Error::other("failed"));
             }
             Ok(WaitStatus::Exited(_, code)) => {
@@ -262,7 +288,7 @@ fn wait_for(child: Pid, timeout: Duration) -> Outcome {
             }
             return Outcome::TimedOut;
         }
-        std::thread::sleep(pause);
+        watchdog::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
@@ -339,6 +365,15 @@ mod tests {
             }
             other => panic!("expected failure, got {other}"),
         }
+        // A device found gone comes back as such, not as done or failed.
+        assert!(matches!(
+            bounded_close(Duration::from_secs(5), || Ok(Closed::Gone)),
+            Outcome::Gone
+        ));
+        assert!(matches!(
+            bounded_close(Duration::from_secs(5), || Ok(Closed::Done)),
+            Outcome::Done
+        ));
         let start = Instant::now();
         let outcome = bounded(Duration::from_millis(200), || {
             std::thread::sleep(Duration::from_secs(30));
@@ -347,6 +382,24 @@ mod tests {
         assert!(matches!(outcome, Outcome::TimedOut));
         assert!(!abandoned().is_empty(), "the stuck worker is remembered");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    /// The parent feeds the watchdog while a worker runs, whichever way it waits for it.
+    #[test]
+    fn waiting_for_a_worker_feeds_the_watchdog() {
+        let slow = || {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(())
+        };
+        let fed = watchdog::testing::feeds_during(|| {
+            assert!(bounded(Duration::from_secs(5), slow).is_done());
+        });
+        assert!(fed >= 2, "fed {fed} times while waiting");
+        let fed = watchdog::testing::feeds_during(|| {
+            let (outcome, _) = bounded_output(Duration::from_secs(5), |_| slow());
+            assert!(outcome.is_done());
+        });
+        assert!(fed >= 2, "fed {fed} times while waiting");
     }
 
     #[test]

@@ -164,6 +164,16 @@ pub fn errno(err: &io::Error) -> Option<i32> {
     errno(&ctx.source)
 }
 
+/// Writes back whatever the device's own page cache still holds and asks the device to
+/// flush its write cache (fsync on a block device does both), before it is closed for
+/// good. Best effort: a device that vanished meanwhile needs no flush, and a failed flush
+/// shows in the close that follows.
+pub fn flush(node: &Path) {
+    if let Ok(f) = fs::File::open(node) {
+        let _ = f.sync_all();
+    }
+}
+
 /// How often [`retry_for`] tries again.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -171,7 +181,8 @@ pub const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// or `limit` has passed (it always runs at least once), sleeping [`RETRY_INTERVAL`]
 /// between attempts; returns the last result. For the kernel's short after-effects
 /// (an array still held for a moment after the device above it went, a disconnect not
-/// yet visible in sysfs), never for waiting on something that may not change.
+/// yet visible in sysfs), never for waiting on something that may not change. It runs in
+/// the runtime's worker, whose parent feeds the watchdog meanwhile.
 pub fn retry_for<T>(
     limit: Duration,
     mut attempt: impl FnMut() -> io::Result<T>,

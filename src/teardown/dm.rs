@@ -1,16 +1,15 @@
 //! Device-mapper control interface (`/dev/mapper/control`).
 //!
 //! Written from `<linux/dm-ioctl.h>`, interface version 4. Every request is
-//! one buffer that starts with `struct dm_ioctl` ([`DmIoctl`]); commands
+//! one buffer that starts with `struct dm_ioctl` (`DmIoctl`); commands
 //! that carry a payload (`DM_TARGET_MSG`) put it at `data_start` bytes from
 //! the start of the buffer, and `data_size` covers header plus payload;
 //! `DM_TABLE_STATUS` answers the same way, its `data_size` then being the
 //! room we offer. Devices are addressed by name (the uuid field stays empty:
 //! the kernel refuses requests that give both) or, for removal, by number.
 //!
-//! The kernel copies the header back on return; [`info`] reads it, and
-//! [`suspend`] checks that the returned `DM_SUSPEND_FLAG` agrees with what
-//! was asked.
+//! The kernel copies the header back on return; [`suspend`] checks that the
+//! returned `DM_SUSPEND_FLAG` agrees with what was asked.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
@@ -24,7 +23,8 @@ use nix::libc;
 use nix::sys::ioctl::ioctl_num_type;
 use nix::sys::stat::{self, Mode, SFlag};
 
-use super::devnode::with_context;
+use super::devnode::{errno, flush, node_for, with_context};
+use super::Closed;
 
 /// `DM_NAME_LEN`: size of the name field, including the terminating NUL.
 const DM_NAME_LEN: usize = 128;
@@ -120,7 +120,7 @@ const TARGET_MSG_HEADER: usize = size_of::<u64>();
 /// Room after the header; the whole request is one 4 KiB page.
 const DATA_CAPACITY: usize = 4096 - size_of::<DmIoctl>();
 /// Longest message [`message`] accepts (room for the sector and the NUL).
-pub const MAX_MESSAGE_LEN: usize = DATA_CAPACITY - TARGET_MSG_HEADER - 1;
+const MAX_MESSAGE_LEN: usize = DATA_CAPACITY - TARGET_MSG_HEADER - 1;
 
 impl DmIoctl {
     const fn zeroed() -> Self {
@@ -220,30 +220,8 @@ impl DmRequest {
     }
 }
 
-/// State of a device-mapper device as reported by `DM_DEV_STATUS`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DmInfo {
-    /// Number of openers of the mapped device (0 means removable).
-    pub open_count: i32,
-    /// `DM_SUSPEND_FLAG` was set.
-    pub suspended: bool,
-    /// Targets in the active table (0 when there is no active table).
-    pub target_count: u32,
-    /// `(major, minor)` of the mapped block device.
-    pub dev: (u32, u32),
-}
-
-/// Splits the kernel's 64-bit device number encoding (`huge_encode_dev`:
-/// minor bits 0-7, major bits 8-19, minor bits 8-19 at 20-31).
-fn decode_dev(dev: u64) -> (u32, u32) {
-    let major = (dev >> 8) & 0xfff;
-    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
-    // Both are masked to at most 20 bits above.
-    (major as u32, minor as u32)
-}
-
-/// The kernel's 64-bit device number encoding (`huge_encode_dev`), the inverse of
-/// [`decode_dev`].
+/// The kernel's 64-bit device number encoding (`huge_encode_dev`: minor bits 0-7, major
+/// bits 8-19, minor bits 8-19 at 20-31).
 fn encode_dev(major: u32, minor: u32) -> u64 {
     let (major, minor) = (u64::from(major), u64::from(minor));
     (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
@@ -311,7 +289,7 @@ fn call(request: ioctl_num_type, req: &mut DmRequest, what: &str) -> io::Result<
 ///
 /// Fails with `EBUSY` while the device is open and `ENXIO` when no such
 /// device exists (see [`super::devnode::errno`]).
-pub fn remove(name: &str) -> io::Result<()> {
+fn remove(name: &str) -> io::Result<()> {
     let mut req = DmRequest::new(name)?;
     call(
         DM_DEV_REMOVE,
@@ -322,7 +300,7 @@ pub fn remove(name: &str) -> io::Result<()> {
 
 /// Removes the device-mapper device numbered `major:minor` (`DM_DEV_REMOVE` looked up
 /// by device number), for a device whose name could not be read. Errors as [`remove`].
-pub fn remove_by_dev(major: u32, minor: u32) -> io::Result<()> {
+fn remove_by_dev(major: u32, minor: u32) -> io::Result<()> {
     let mut req = DmRequest::for_dev(major, minor);
     call(
         DM_DEV_REMOVE,
@@ -358,7 +336,7 @@ pub fn suspend(name: &str, flush: bool) -> io::Result<()> {
 /// The request carries `DM_SECURE_DATA_FLAG` so the kernel wipes its copy,
 /// and our buffer is zeroed afterwards. Any output of the target is ignored.
 /// `msg` must be 1 to [`MAX_MESSAGE_LEN`] bytes without NUL.
-pub fn message(name: &str, sector: u64, msg: &str) -> io::Result<()> {
+fn message(name: &str, sector: u64, msg: &str) -> io::Result<()> {
     let mut req = DmRequest::target_msg(name, sector, msg)?;
     let result = call(
         DM_TARGET_MSG,
@@ -370,20 +348,15 @@ pub fn message(name: &str, sector: u64, msg: &str) -> io::Result<()> {
     result
 }
 
-/// Queries `name` (`DM_DEV_STATUS`).
-pub fn info(name: &str) -> io::Result<DmInfo> {
+/// Asks for the status of `name` (`DM_DEV_STATUS`), which fails with `ENXIO` when there
+/// is no such device.
+fn status(name: &str) -> io::Result<()> {
     let mut req = DmRequest::new(name)?;
     call(
         DM_DEV_STATUS,
         &mut req,
         &format!("device-mapper: querying status of '{name}'"),
-    )?;
-    Ok(DmInfo {
-        open_count: req.hdr.open_count,
-        suspended: req.hdr.flags & DM_SUSPEND_FLAG != 0,
-        target_count: req.hdr.target_count,
-        dev: decode_dev(req.hdr.dev),
-    })
+    )
 }
 
 /// One target of a device's active table.
@@ -484,7 +457,7 @@ fn with_table<T>(
 /// The targets of `name`'s active table. Read as status lines, so no key material is
 /// copied out, and with `DM_NOFLUSH_FLAG`, so that no target (thin-pool) commits its
 /// metadata to answer.
-pub fn targets(name: &str) -> io::Result<Vec<Target>> {
+fn targets(name: &str) -> io::Result<Vec<Target>> {
     with_table(name, DM_NOFLUSH_FLAG, |ts| {
         ts.iter()
             .map(|(start, target_type, _)| Target {
@@ -531,20 +504,97 @@ pub fn wipe_crypt_keys(name: &str) -> io::Result<WipeReport> {
     }
 }
 
+/// Closes the device-mapper device `name` (kernel name `kernel_name`, number `dev`) for
+/// good: flushes it, removes it and checks that it is gone. `sys_root` is where sysfs is
+/// mounted (`/sys`; a fixture in tests).
+///
+/// A device flagged for deferred removal goes by itself as its last user closes it, often
+/// between the topology being read and this call: found gone in sysfs, or refused by the
+/// kernel with `ENXIO` as one it is deleting, it is [`Closed::Gone`].
+pub fn close(
+    sys_root: &Path,
+    name: &str,
+    kernel_name: &str,
+    dev: (u32, u32),
+) -> io::Result<Closed> {
+    if gone_from_sysfs(sys_root, dev) {
+        return Ok(Closed::Gone);
+    }
+    match remove_flushed(name, kernel_name, dev) {
+        Ok(()) => Ok(Closed::Done),
+        Err(e) if errno(&e) == Some(libc::ENXIO) => Ok(Closed::Gone),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the block device numbered `dev` has left sysfs. Not when sysfs is not mounted
+/// at `sys_root` at all: that says nothing about the device.
+fn gone_from_sysfs(sys_root: &Path, (major, minor): (u32, u32)) -> bool {
+    let by_number = sys_root.join("dev/block");
+    by_number.is_dir() && !by_number.join(format!("{major}:{minor}")).exists()
+}
+
+fn remove_flushed(name: &str, kernel_name: &str, (major, minor): (u32, u32)) -> io::Result<()> {
+    // Best effort: without a node there is nothing of ours to flush, and the removal
+    // itself goes through the control device.
+    if let Ok(node) = node_for(kernel_name, major, minor) {
+        flush(&node);
+    }
+    // The planner names a device by its kernel name when sysfs gave no DM name (read
+    // while it was going): DM knows no such name, so ask by number.
+    if name == kernel_name {
+        return remove_by_dev(major, minor);
+    }
+    remove(name)?;
+    // The log says "key wiped" for a dm-crypt mapping: only once it is gone (the kernel
+    // zeroes the key as it frees the mapping).
+    if exists(name)? {
+        return Err(io::Error::other(format!(
+            "device-mapper: '{name}' is still there after its removal"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether the device-mapper device `name` still exists (`DM_DEV_STATUS` answers ENXIO
 /// for one that is gone).
-pub fn exists(name: &str) -> io::Result<bool> {
-    match info(name) {
+fn exists(name: &str) -> io::Result<bool> {
+    match status(name) {
         Ok(_) => Ok(true),
-        Err(e) if super::devnode::errno(&e) == Some(libc::ENXIO) => Ok(false),
+        Err(e) if errno(&e) == Some(libc::ENXIO) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::devnode::{abi_probe, errno};
+    use super::super::devnode::abi_probe;
     use super::*;
+
+    /// Splits the kernel's 64-bit device number encoding, the inverse of [`encode_dev`].
+    fn decode_dev(dev: u64) -> (u32, u32) {
+        let major = (dev >> 8) & 0xfff;
+        let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+        (major as u32, minor as u32)
+    }
+
+    /// A device under deferred removal that left sysfs since the topology was read: gone,
+    /// without a word to the kernel (no control node, no flush, no removal).
+    #[test]
+    fn a_device_missing_from_sysfs_is_gone_already() {
+        let sys = std::env::temp_dir().join(format!("exitrd-dm-sys-{}", std::process::id()));
+        std::fs::create_dir_all(sys.join("dev/block/253:1")).unwrap();
+        let gone = gone_from_sysfs(&sys, (253, 7));
+        let closed = close(&sys, "vg-going", "dm-7", (253, 7));
+        let present = gone_from_sysfs(&sys, (253, 1));
+        // sysfs not mounted there at all: that says nothing about the device.
+        let no_sysfs = gone_from_sysfs(&sys.join("nothing"), (253, 7));
+        std::fs::remove_dir_all(&sys).unwrap();
+        assert!(gone);
+        assert_eq!(closed.unwrap(), Closed::Gone);
+        assert!(!present);
+        assert!(!no_sysfs);
+    }
 
     #[test]
     fn layout_matches_kernel_headers() {
@@ -663,7 +713,7 @@ mod tests {
             io::ErrorKind::InvalidInput
         );
         assert_eq!(
-            info(&too_long).unwrap_err().kind(),
+            exists(&too_long).unwrap_err().kind(),
             io::ErrorKind::InvalidInput
         );
     }

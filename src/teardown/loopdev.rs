@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::ioctl::ioctl_num_type;
 
-use super::devnode::with_context;
+use super::devnode::{flush, node_for, with_context};
 
 /// `LOOP_CLR_FD`. The header defines it as the literal `0x4C01` on every
 /// architecture (not via `_IO`, whose direction bits differ e.g. on powerpc
@@ -24,7 +24,7 @@ const LOOP_CLR_FD: ioctl_num_type = 0x4C01;
 /// for automatic detach on last close (so success does not guarantee the
 /// device is free yet; `/sys/block/loopN/loop/backing_file` disappears once
 /// it is).
-pub fn clear_fd(node: &Path) -> io::Result<()> {
+fn clear_fd(node: &Path) -> io::Result<()> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC)
@@ -36,6 +36,33 @@ pub fn clear_fd(node: &Path) -> io::Result<()> {
     Errno::result(ret)
         .map_err(|e| with_context(e.into(), format!("loop: detaching {}", node.display())))?;
     Ok(())
+}
+
+/// Detaches the loop device `kernel_name` (number `dev`) for good: flushes it, clears its
+/// backing file and checks that it let go. `sys_root` is where sysfs is mounted (`/sys`;
+/// a fixture in tests).
+///
+/// A loop device still in use is only marked to detach on its last close: that is not
+/// done yet, and not progress worth another pass, so it is an error.
+pub fn detach(sys_root: &Path, kernel_name: &str, (major, minor): (u32, u32)) -> io::Result<()> {
+    let node = node_for(kernel_name, major, minor)?;
+    flush(&node);
+    clear_fd(&node)?;
+    if still_bound(sys_root, kernel_name) {
+        return Err(io::Error::other(
+            "still in use: marked to detach when its last user closes it",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the loop device `kernel_name` still has a backing file.
+fn still_bound(sys_root: &Path, kernel_name: &str) -> bool {
+    let backing = sys_root
+        .join("class/block")
+        .join(kernel_name)
+        .join("loop/backing_file");
+    std::fs::read_to_string(backing).is_ok_and(|b| !b.trim().is_empty())
 }
 
 #[cfg(test)]
@@ -61,5 +88,27 @@ mod tests {
             "{err}"
         );
         assert!(errno(&err).is_some(), "{err}");
+    }
+
+    #[test]
+    fn a_loop_device_with_a_backing_file_is_still_bound() {
+        let sys = std::env::temp_dir().join(format!("exitrd-loop-sys-{}", std::process::id()));
+        for (name, backing) in [
+            ("loop0", Some("/var/lib/disk.img\n")),
+            ("loop1", Some("\n")),
+            ("loop2", None),
+        ] {
+            let dir = sys.join("class/block").join(name).join("loop");
+            std::fs::create_dir_all(&dir).unwrap();
+            if let Some(text) = backing {
+                std::fs::write(dir.join("backing_file"), text).unwrap();
+            }
+        }
+        let bound: Vec<bool> = ["loop0", "loop1", "loop2", "loop3"]
+            .iter()
+            .map(|n| still_bound(&sys, n))
+            .collect();
+        std::fs::remove_dir_all(&sys).unwrap();
+        assert_eq!(bound, [true, false, false, false]);
     }
 }

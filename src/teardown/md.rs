@@ -11,7 +11,7 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::ioctl::ioctl_num_type;
 
-use super::devnode::{errno, retry_for, with_context};
+use super::devnode::{errno, flush, node_for, retry_for, with_context};
 
 /// `MD_MAJOR` from `<linux/major.h>`: the ioctl type of MD.
 const MD_MAJOR: u8 = 9;
@@ -25,8 +25,8 @@ const STOP_ARRAY: ioctl_num_type = nix::request_code_none!(MD_MAJOR, 0x32);
 /// The node is opened `O_RDONLY | O_CLOEXEC | O_EXCL`; the exclusive open
 /// fails with `EBUSY` while the array is mounted or held by another device
 /// (e.g. device-mapper on top), and the ioctl fails with `EBUSY` while any
-/// other process has it open. Use [`super::devnode::node_for`] to get a node.
-pub fn stop_array(node: &Path) -> io::Result<()> {
+/// other process has it open.
+fn stop_array(node: &Path) -> io::Result<()> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_EXCL)
@@ -46,10 +46,27 @@ pub fn stop_array(node: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// How long an MD array may stay busy after the device above it was closed.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Stops the MD array `kernel_name` (number `dev`) for good: flushes it, then stops it,
+/// retrying while the device just closed above it still holds it for up to `SETTLE`, and
+/// no more than half of `step_timeout`, so that the last error still comes back within
+/// the step.
+pub fn stop(
+    kernel_name: &str,
+    (major, minor): (u32, u32),
+    step_timeout: Duration,
+) -> io::Result<()> {
+    let node = node_for(kernel_name, major, minor)?;
+    flush(&node);
+    stop_array_settling(&node, SETTLE.min(step_timeout / 2))
+}
+
 /// [`stop_array`], retried for up to `settle` while the array is busy: the device just
 /// closed above it (a dm-crypt mapping, an LV) can keep it open for a moment after its
 /// removal returned (seen as `EBUSY` on the exclusive open in 1 of 3 VM shutdowns).
-pub fn stop_array_settling(node: &Path, settle: Duration) -> io::Result<()> {
+fn stop_array_settling(node: &Path, settle: Duration) -> io::Result<()> {
     retry_for(
         settle,
         || stop_array(node),

@@ -18,7 +18,7 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::ioctl::ioctl_num_type;
 
-use super::devnode::{retry_for, with_context};
+use super::devnode::{node_for, retry_for, with_context};
 use crate::topology::block::nbd_connected;
 
 /// `_IO(0xab, 8)` and `_IO(0xab, 4)` in `<linux/nbd.h>`.
@@ -26,14 +26,30 @@ const NBD_IOCTL: u8 = 0xab;
 const NBD_DISCONNECT: ioctl_num_type = nix::request_code_none!(NBD_IOCTL, 8);
 const NBD_CLEAR_SOCK: ioctl_num_type = nix::request_code_none!(NBD_IOCTL, 4);
 
-/// Disconnects the NBD device `node` (kernel name `name`) and waits up to `settle` for
+/// How long the kernel may take to show a disconnected device in sysfs.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Disconnects the NBD device `kernel_name` (number `dev`) and waits up to `SETTLE` for
+/// the kernel to show it disconnected. `sys_root` is where sysfs is mounted (`/sys`; a
+/// fixture in tests). Nothing is flushed first: the file systems on it are unmounted (and
+/// flushed), so nothing is left to write.
+pub fn disconnect(
+    sys_root: &Path,
+    kernel_name: &str,
+    (major, minor): (u32, u32),
+) -> io::Result<()> {
+    let node = node_for(kernel_name, major, minor)?;
+    disconnect_node(&node, &sys_root.join("class/block"), kernel_name, SETTLE)
+}
+
+/// Disconnects the NBD device `node` (`name` in `class_dir`) and waits up to `settle` for
 /// the kernel to show it disconnected.
 ///
 /// The kernel disconnects a device whatever uses it, and a file system still mounted on
 /// it would lose its unwritten data. So the device is opened exclusively first: that
 /// fails with `EBUSY` while a file system, a swap area or a stacked device (DM, MD)
 /// claims it. `nbd-client`'s own descriptor is not exclusive.
-pub fn disconnect(node: &Path, name: &str, settle: Duration) -> io::Result<()> {
+fn disconnect_node(node: &Path, class_dir: &Path, name: &str, settle: Duration) -> io::Result<()> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_EXCL)
@@ -57,11 +73,10 @@ pub fn disconnect(node: &Path, name: &str, settle: Duration) -> io::Result<()> {
             .map_err(|e| with_context(e.into(), format!("nbd: {what} on {}", node.display())))?;
     }
     drop(file);
-    let sys = Path::new("/sys/class/block");
     retry_for(
         settle,
         || {
-            if nbd_connected(sys, name) {
+            if nbd_connected(class_dir, name) {
                 Err(io::Error::other(
                     "disconnect sent, but the device still has its size (a user holds it open)",
                 ))
@@ -88,12 +103,20 @@ mod tests {
 
     #[test]
     fn errors_name_the_node() {
-        let err = disconnect(Path::new("/nonexistent/nbd9"), "nbd9", Duration::ZERO).unwrap_err();
+        let class_dir = Path::new("/nonexistent");
+        let err = disconnect_node(
+            Path::new("/nonexistent/nbd9"),
+            class_dir,
+            "nbd9",
+            Duration::ZERO,
+        )
+        .unwrap_err();
         assert_eq!(errno(&err), Some(libc::ENOENT));
         assert!(err.to_string().contains("/nonexistent/nbd9"), "{err}");
 
         // Not an NBD device: the kernel refuses the ioctl.
-        let err = disconnect(Path::new("/dev/null"), "null", Duration::ZERO).unwrap_err();
+        let err =
+            disconnect_node(Path::new("/dev/null"), class_dir, "null", Duration::ZERO).unwrap_err();
         assert!(
             err.to_string().contains("nbd: disconnect on /dev/null"),
             "{err}"

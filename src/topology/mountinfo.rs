@@ -136,10 +136,6 @@ impl Mount {
     pub fn is_block_backed(&self) -> bool {
         self.major != 0
     }
-
-    pub fn is_read_only(&self) -> bool {
-        self.options.split(',').any(|o| o == "ro")
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,6 +363,6 @@ mod tests {
         let root = m.iter().find(|m| m.mount_point == "/oldroot").unwrap();
         assert_eq!((root.major, root.minor), (252, 1));
         assert_eq!(root.source, "/dev/mapper/vg0-root");
-        assert!(root.is_read_only());
+        assert!(root.options.split(',').any(|o| o == "ro"));
     }
 }
