@@ -389,6 +389,12 @@ impl Shutdown {
                 Outcome::Done => {
                     say!("suspended {name} with its writes flushed (could not remove it)")
                 }
+                // Gone meanwhile: deferred removal as its last user let go (a timed-out
+                // unmount that finished in the background).
+                Outcome::Failed(e) if worker::errno(&e) == Some(nix::libc::ENXIO) => {
+                    say!("{name} is gone: removed by the kernel when its last user closed it");
+                    continue;
+                }
                 other => {
                     say!("could not suspend {name}: {other}");
                     continue;

@@ -179,7 +179,10 @@ LVM_LUKS_MD_RUN = dict(
 # the patterns written into /run and onto / must be gone from the guest's RAM, with the
 # kernel zeroing what is freed (init_on_free=1, as Tails boots).
 scenario(releases=("trixie",), **LVM_LUKS_MD, **{
-    **LVM_LUKS_MD_RUN, "append": "init_on_free=1", "ram": ("key", "tmpfs", "page-cache"),
+    # Zeroing every freed page under TCG on one vCPU made the root's unmount overrun the
+    # default 10 s step (18 s: it finished in the background): more step time, as on live.
+    **LVM_LUKS_MD_RUN, "append": "init_on_free=1 exitrd.step_timeout=30s",
+    "ram": ("key", "tmpfs", "page-cache"),
     "control_fails": LVM_LUKS_MD_RUN["control_fails"] + (
         "LUKS volume keys gone from RAM", "tmpfs pattern erased from RAM",
         "page-cache pattern erased from RAM")})
@@ -248,7 +251,7 @@ scenario(
     inventory=False, test_extra="fault-panic.sh", append="exitrd.fault=abort",
     expect=("exitrd: test fault exitrd.fault=abort: aborting after unmounting",
             "exitrd: fatal: aborted (SIGABRT); emergency sync, then the final reboot call",
-            "sysrq: Emergency Sync complete"),
+            "Emergency Sync complete"),
     control_fails=("log has 'exitrd: fatal: aborted",),
 )
 # A root that can be neither unmounted nor made read-only (issue 10.1): exitrd suspends

@@ -13,7 +13,7 @@ log() { printf 'harness: %s\n' "$*" >/dev/kmsg; }
 cat >/usr/lib/systemd/system-shutdown/zz-exitrd-fault <<'HOOK'
 #!/bin/sh
 log() { printf 'harness: %s\n' "$*" >/dev/kmsg; }
-[ "$1" = poweroff ] || exit 0
+case "$1" in poweroff | reboot) ;; *) exit 0 ;; esac
 mount -o remount,rw / || { log "fault: cannot make / writable"; exit 0; }
 truncate -s 16M /var/tmp/stall.img
 loop=$(losetup --find --show /var/tmp/stall.img)
