@@ -88,6 +88,7 @@ class BootSpec:
     # Set: when the guest powers off or resets, qemu keeps it (paused, RAM intact) and the
     # whole guest RAM is saved to this file through QMP before qemu is told to quit.
     ram_dump: Path | None = None
+    extra_args: tuple[str, ...] = ()   # more qemu arguments (Scenario.qemu_extra)
 
 
 # TCG guests run their clocks in real time: crowd the host's cores with vCPUs and guest
@@ -254,6 +255,7 @@ def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -
     for d in drives:
         f = "raw" if d.suffix in (".img", ".raw") else spec.fmt
         cmd += ["-drive", f"file={d},if=virtio,format={f},cache=unsafe,discard=unmap"]
+    cmd += list(spec.extra_args)
     qmp_path = rundir / f"{name}.qmp"
     if spec.ram_dump is not None:
         # Power-off and reset both end with the guest stopped, not gone: its RAM is what

@@ -105,7 +105,8 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
     dump = rundir / "test.ram" if s.ram else None
     tb = boot_fresh(BootSpec("test", rundir, base / "vmlinuz", initrd,
                              f"root={s.root} ro {s.append}".strip(), s.timeout_test,
-                             nbd_of(s, test=True, control=control), ram_dump=dump), setup_test)
+                             nbd_of(s, test=True, control=control), ram_dump=dump,
+                             extra_args=s.qemu_extra), setup_test)
     stat(f"{label}: test boot", tb.wall)
     if dump is not None and dump.exists():
         t0 = time.monotonic()

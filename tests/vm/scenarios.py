@@ -130,6 +130,7 @@ class Scenario:
     # pattern in a file in /run), "page-cache" (a pattern in a file on /).
     ram: tuple[str, ...] = ()
     verb: str = "poweroff"               # how the test boot ends ("reboot": set final_line)
+    qemu_extra: tuple[str, ...] = ()     # more qemu arguments for the test boot (devices)
 
     @property
     def ident(self) -> str:
@@ -225,8 +226,10 @@ scenario(
 )
 scenario(
     name="fault-hook-hang", **FAULT_STACK, kernel_lines=(MD0_STOPPED,),
-    test_extra="fault-hook-hang.sh",
+    test_extra="fault-hook-hang.sh", qemu_extra=("-device", "i6300esb"),
     expect=("harness: hang hook in the payload, with /bin/sh",
+            "harness: watchdog: /dev/watchdog0, RebootWatchdogUSec=6s",
+            "exitrd: feeding the hardware watchdog /dev/watchdog0 every 2000ms",
             "exitrd: hook unmounted/50-hang: still running after 10s: killed, going on"),
     control_fails=("log has 'exitrd: hook unmounted/50-hang",),
 )

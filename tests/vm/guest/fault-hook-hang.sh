@@ -1,9 +1,16 @@
 #!/bin/sh
 # Fault: an admin's exitrd hook that never returns, added the documented way
 # (/etc/exitrd/hooks/STAGE/) and put in place with 'exitrd prepare'. exitrd must kill it
-# after the step timeout and finish the shutdown.
+# after the step timeout and finish the shutdown, feeding the watchdog all along.
 set -eu
 log() { printf 'harness: %s\n' "$*" >/dev/kmsg; }
+
+# The shutdown watchdog, as a production machine may have it: qemu's i6300esb (reset on
+# expiry) armed by systemd for the shutdown with 6 s, less than the hook's 10 s: the
+# machine powers off only if exitrd keeps feeding it while it waits for the hook.
+busctl set-property org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+	org.freedesktop.systemd1.Manager RebootWatchdogUSec t 6000000
+log "watchdog: $(ls /dev/watchdog0 2>/dev/null || echo none), RebootWatchdogUSec=$(systemctl show -P RebootWatchdogUSec)"
 
 if ! command -v exitrd >/dev/null; then
 	log "control: no exitrd to put the hook in place"
