@@ -39,12 +39,16 @@ pub fn device(watchdog_device: Option<&str>, exists: &dyn Fn(&str) -> bool) -> O
     }
 }
 
-/// Opens the watchdog if systemd left it armed. Returns a line to log, if any.
+/// Opens the watchdog if systemd left it armed. Returns a line to log, if any. systemd
+/// arms it (`RebootWatchdogSec=`, `KExecWatchdogSec=`) for a reboot or kexec only; for
+/// a power-off it passes `WATCHDOG_USEC=0`.
 pub fn init() -> Option<String> {
     let every = interval(std::env::var("WATCHDOG_USEC").ok().as_deref())?;
-    let device = device(std::env::var("WATCHDOG_DEVICE").ok().as_deref(), &|p| {
+    let Some(device) = device(std::env::var("WATCHDOG_DEVICE").ok().as_deref(), &|p| {
         std::path::Path::new(p).exists()
-    })?;
+    }) else {
+        return Some("watchdog armed (WATCHDOG_USEC) but no /dev/watchdog0 or /dev/watchdog: it cannot be fed".into());
+    };
     match OpenOptions::new().write(true).open(&device) {
         Ok(file) => {
             if let Ok(mut slot) = DOG.lock() {

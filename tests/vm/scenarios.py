@@ -227,6 +227,7 @@ scenario(
 scenario(
     name="fault-hook-hang", **FAULT_STACK, kernel_lines=(MD0_STOPPED,),
     test_extra="fault-hook-hang.sh", qemu_extra=("-device", "i6300esb"),
+    verb="reboot", final_line="reboot: Restarting system",
     expect=("harness: hang hook in the payload, with /bin/sh",
             "harness: watchdog: /dev/watchdog0, RebootWatchdogUSec=6s",
             "exitrd: feeding the hardware watchdog /dev/watchdog0 every 2000ms",

@@ -1,13 +1,19 @@
 #!/bin/sh
 # Fault: an admin's exitrd hook that never returns, added the documented way
 # (/etc/exitrd/hooks/STAGE/) and put in place with 'exitrd prepare'. exitrd must kill it
-# after the step timeout and finish the shutdown, feeding the watchdog all along.
+# after the step timeout and finish the shutdown (a reboot), feeding the watchdog all along.
 set -eu
 log() { printf 'harness: %s\n' "$*" >/dev/kmsg; }
 
 # The shutdown watchdog, as a production machine may have it: qemu's i6300esb (reset on
-# expiry) armed by systemd for the shutdown with 6 s, less than the hook's 10 s: the
-# machine powers off only if exitrd keeps feeding it while it waits for the hook.
+# expiry) armed by systemd for the reboot (systemd arms it for reboot and kexec, not for
+# power-off) with 6 s, less than the hook's 10 s: the machine reboots cleanly only if
+# exitrd keeps feeding it while it waits for the hook.
+i=0
+while [ ! -e /dev/watchdog0 ] && [ "$i" -lt 100 ]; do
+	sleep 0.1
+	i=$((i + 1))
+done
 # (No D-Bus in the test image: a drop-in, and systemd re-executes to read it.)
 mkdir -p /run/systemd/system.conf.d
 printf '[Manager]\nRebootWatchdogSec=6s\n' >/run/systemd/system.conf.d/exitrd-test-watchdog.conf
