@@ -81,6 +81,8 @@ def cmd_recheck(a) -> int:
     s = pick(meta["scenario"], meta["release"])
     boots = [Boot(n, rundir / f"{n}.serial.log", 0.0, False, 0, 0)
              if (rundir / f"{n}.serial.log").exists() else None for n in ("test", "check")]
+    if boots[0] is not None and (rundir / "ram.json").exists():
+        boots[0].ram = json.loads((rundir / "ram.json").read_text())
     label = f"{s.ident}{' (control)' if meta['control'] else ''}"
     r = evaluate(s, meta["control"], label, rundir, boots[0], boots[1], meta["token"])
     report(r, a.show_log)

@@ -90,6 +90,10 @@ def checks_test_boot(s: Scenario, b: Boot) -> list[Check]:
                        f"{sum(lost.values())} of {len(console)} console lines not in the "
                        f"kernel log, first: {next(iter(lost), None)!r}" if console
                        else "no exitrd run on the console"))
+        # mlockall: the runtime keeps its pages in RAM (it says so when it cannot).
+        c.append(Check("log lacks 'exitrd: could not lock exitrd in memory*'",
+                       not has_line(msgs, "exitrd: could not lock exitrd in memory*"),
+                       "present"))
     for l in s.kernel_lines:
         c.append(Check(f"kernel logged '{l}'", has_line(msgs, l), "absent"))
     if s.pivot:
