@@ -7,9 +7,10 @@ use exitrd::topology::{mountinfo, swaps, Topology};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    // Raw bytes: mount points need not be UTF-8, and the parser takes them as they are.
     let text = String::from_utf8_lossy(data);
-    let _ = mountinfo::parse(&text);
-    let (mounts, _) = mountinfo::parse_lenient(&text);
+    let _ = mountinfo::parse(data);
+    let (mounts, _) = mountinfo::parse_lenient(data);
     let topo = Topology {
         mounts,
         swaps: swaps::parse(&text),
