@@ -210,7 +210,8 @@ def checks_control(s: Scenario, b: Boot, cb: Boot | None, token: str) -> list[Ch
     unable = (Rx(s.control_gave_up) if s.control_gave_up else pinned(UNABLE_FINALIZE, s.release))
     switch = pinned(SWITCH_LINES, s.release)
     rc = script_exit(b)
-    rebooted = s.verb == "reboot" and not b.timed_out and has_line(msgs, s.final_line)
+    rebooted = (s.verb == "reboot" and not b.timed_out
+                and has_line(msgs, "reboot: Restarting system"))
     c = [Check(f"VM {'rebooted' if s.verb == 'reboot' else 'powered off'} by itself",
                b.powered_off or rebooted, b.why_not_off()),
          Check("test boot script exited 0", rc == "0", f"run.sh exit={rc}"),
