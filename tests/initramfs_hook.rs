@@ -46,17 +46,7 @@ fn add_hook_copies_the_hook_its_interpreter_and_libraries() {
         hook.display(),
         hook.display()
     );
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(&script)
-        .env("DESTDIR", &dest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_hook_functions(&script, &dest);
     let payload = dest.join("exitrd");
     let copied = payload.join("hooks/unmounted/50-export");
     assert_eq!(fs::read_to_string(copied).unwrap(), "#!/bin/sh\necho hi\n");
@@ -108,17 +98,7 @@ fn add_hook_and_add_tool_never_write_through_a_symlink_in_the_payload() {
         hook.display(),
         tool.display()
     );
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(&script)
-        .env("DESTDIR", &dest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_hook_functions(&script, &dest);
     assert_eq!(
         fs::read_to_string(outside.join("victim")).unwrap(),
         "precious"
@@ -176,4 +156,19 @@ fn check_hook_refuses_hooks_others_could_change_and_says_what_to_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     fs::remove_dir_all(&root).unwrap();
+}
+
+/// Runs `script` (which sources share/hook-functions) with `DESTDIR=dest`; it must succeed.
+fn run_hook_functions(script: &str, dest: &Path) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .env("DESTDIR", dest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
