@@ -89,6 +89,14 @@ pub fn run_passes(
             if progress.abandoned.contains(&key) || failed_in.get(&key) == Some(&generation) {
                 continue;
             }
+            // Found gone once, gone for the run: after the kernel's deferred removal its
+            // sysfs entry may linger for a moment, and the next pass would try it again.
+            if step
+                .closes_device()
+                .is_some_and(|d| progress.gone_by_kernel.contains(d))
+            {
+                continue;
+            }
             let left = limits.deadline.saturating_sub(ex.elapsed());
             if left.is_zero() {
                 progress.out_of_time = true;

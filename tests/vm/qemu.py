@@ -39,6 +39,10 @@ QEMU_BASE = [
 # Debian's defaults otherwise: no printk.devkmsg=on (it would hide /dev/kmsg's rate limit)
 # and no panic=-1 (it would hide a PID 1 that dies: Debian's kernel then hangs).
 CMDLINE_BASE = "console=ttyS0"
+# UEFI boots (BootSpec.uefi): qemu's OVMF build from Debian's ovmf package, code and an
+# empty variable store in one image: nothing persists between boots, so the stacks boot
+# GRUB from the ESP's removable-media path.
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
 
 
 @dataclasses.dataclass
@@ -79,9 +83,12 @@ class BootSpec:
     files of the boot are rundir/NAME.* (serial.log, qemu-cmd, qemu-stderr)."""
     name: str
     rundir: Path
-    kernel: Path
-    initrd: Path
-    append: str              # kernel command line (CMDLINE_BASE is added)
+    kernel: Path | None      # None with uefi
+    initrd: Path | None
+    # Kernel command line (CMDLINE_BASE is added). With uefi, the arguments GRUB adds to
+    # the installed system's own command line (root=, console=): boot_now writes them to
+    # grub.cfg on the HARNESS disk, which the stack's GRUB sources as it boots.
+    append: str
     timeout: int             # s; then qemu is killed
     nbd: Nbd | None = None   # set: the first drive is served over NBD (network root)
     fmt: str = "qcow2"       # format of the drives not named *.img or *.raw
@@ -89,6 +96,19 @@ class BootSpec:
     # whole guest RAM is saved to this file through QMP before qemu is told to quit.
     ram_dump: Path | None = None
     extra_args: tuple[str, ...] = ()   # more qemu arguments (Scenario.qemu_extra)
+    uefi: bool = False       # boot through the firmware and the stack's own GRUB
+
+
+def stack_spec(s, name: str, rundir: Path, kernel: Path, initrd: Path, extra: str,
+               timeout: int, **kw) -> BootSpec:
+    """A boot of scenario s's stack with these extra kernel arguments: qemu -kernel with
+    the kernel and the initramfs given; on a UEFI stack (Scenario.uefi) its firmware and
+    GRUB, which load the kernel and initramfs that the disk's /boot holds (the stage's
+    saved initramfs is a copy of it) and add root= themselves."""
+    if s.uefi:
+        return BootSpec(name, rundir, None, None, extra.strip(), timeout, uefi=True, **kw)
+    return BootSpec(name, rundir, kernel, initrd, f"root={s.root} ro {extra}".strip(),
+                    timeout, **kw)
 
 
 # TCG guests run their clocks in real time: crowd the host's cores with vCPUs and guest
@@ -247,11 +267,18 @@ def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -
     if net is not None:
         i = base.index("-nic")
         base[i:i + 2] = net   # in place of "-nic none"
-    cmd = base + [
-        "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
-        "-append", f"{spec.append} {CMDLINE_BASE}",
-        "-serial", f"file:{log_path}",
-    ]
+    if spec.uefi:
+        harness = [d for d in drives if d.name.startswith("harness")]
+        if len(harness) != 1:
+            raise SystemExit(f"boot {name}: a UEFI boot needs one HARNESS disk, got {drives}")
+        grub_args(harness[0], spec.append)
+        cmd = base + ["-bios", str(OVMF), "-serial", f"file:{log_path}"]
+    else:
+        cmd = base + [
+            "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
+            "-append", f"{spec.append} {CMDLINE_BASE}",
+            "-serial", f"file:{log_path}",
+        ]
     for d in drives:
         f = "raw" if d.suffix in (".img", ".raw") else spec.fmt
         cmd += ["-drive", f"file={d},if=virtio,format={f},cache=unsafe,discard=unmap"]
@@ -399,6 +426,26 @@ def make_harness_disk(path: Path, files: dict[str, Path | str | bytes], env: dic
         path.unlink(missing_ok=True)
         run(["mkfs.ext4", "-q", "-F", "-L", "HARNESS", "-d", root, path, size],
             stdout=subprocess.DEVNULL)
+
+
+def grub_args(harness: Path, args: str) -> None:
+    """Writes grub.cfg onto the HARNESS image: the kernel arguments a UEFI stack's GRUB
+    adds for this boot (its 05_exitrd_harness snippet sources the file)."""
+    if not re.fullmatch(r"[A-Za-z0-9_./ :=,+-]*", args):
+        raise ValueError(f"unsafe kernel arguments for GRUB: {args!r}")
+    with tempfile.NamedTemporaryFile("w", dir=harness.parent, suffix=".grub.cfg") as f:
+        f.write(f"set harness_args='{args.strip()}'\n")
+        f.flush()
+        run(["debugfs", "-w", "-R", f"write {f.name} grub.cfg", harness],
+            capture_output=True, check=True)
+    if not debugfs_cat(harness, "grub.cfg").startswith("set harness_args="):
+        raise SystemExit(f"could not write grub.cfg onto {harness}")
+
+
+def debugfs_cat(image: Path, path: str) -> str:
+    r = run(["debugfs", "-R", f"cat {path}", image], capture_output=True, text=True,
+            check=False)
+    return r.stdout
 
 
 def debugfs_dump(image: Path, src: str, dst: Path, rdump: bool = False) -> bool:

@@ -18,7 +18,7 @@ from . import common, qemu, ram
 from .checks import Check, checks_check_boot, checks_control, checks_test_boot
 from .common import CACHE, guest_text, indent, say, stat
 from .logs import harness_lines, shutdown_seconds, stamped
-from .qemu import Boot, BootSpec, boot_fresh, debugfs_dump, make_harness_disk, overlay
+from .qemu import Boot, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
 from .scenarios import TIMEOUT_CHECK, Scenario
 from .stages import find_deb, nbd_of, prune, stack_base, stack_name, stack_pkg
 
@@ -99,14 +99,15 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
     def setup_test() -> list[Path]:
         disks[:] = [overlay(d, rundir / d.name) for d in sorted(src.glob("disk*.qcow2"))]
         make_harness_disk(hd, files, {"TOKEN": token, "CAPTURE": "1" if capture else "0",
-                                      "CONTROL": "1" if control else "0", "VERB": s.verb})
+                                      "CONTROL": "1" if control else "0", "VERB": s.verb,
+                                      "WATCHDOG": s.watchdog or ""})
         return disks + [hd]
 
     dump = rundir / "test.ram" if s.ram else None
-    tb = boot_fresh(BootSpec("test", rundir, base / "vmlinuz", initrd,
-                             f"root={s.root} ro {s.append}".strip(), s.timeout_test,
-                             nbd_of(s, test=True, control=control), ram_dump=dump,
-                             extra_args=s.qemu_extra), setup_test)
+    tb = boot_fresh(stack_spec(s, "test", rundir, base / "vmlinuz", initrd, s.append,
+                               s.timeout_test, nbd=nbd_of(s, test=True, control=control),
+                               ram_dump=dump, extra_args=s.qemu_extra
+                               + (("-device", "i6300esb") if s.watchdog else ())), setup_test)
     stat(f"{label}: test boot", tb.wall)
     if dump is not None and dump.exists():
         t0 = time.monotonic()
@@ -134,9 +135,9 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
                                    "check.sh": guest_text("check.sh")}, {})
             return upper + [hc]
 
-        cb = boot_fresh(BootSpec("check", rundir, base / "vmlinuz", initrd,
-                                 f"root={s.root} ro init=/usr/local/sbin/exitrd-harness",
-                                 TIMEOUT_CHECK, nbd_of(s)), setup_check)
+        cb = boot_fresh(stack_spec(s, "check", rundir, base / "vmlinuz", initrd,
+                                   "init=/usr/local/sbin/exitrd-harness", TIMEOUT_CHECK,
+                                   nbd=nbd_of(s)), setup_check)
         stat(f"{label}: check boot", cb.wall)
 
     try:
@@ -201,7 +202,8 @@ def print_stats(total: float) -> None:
 # Cold, a stack's first scenario builds its stages (debootstrap, installer boot, package
 # boot): minutes, most for bookworm. The suite starts those first, longest first, so the
 # slow chains overlap, and every other run after them (estimates of a cold build, s).
-COLD_COST = {"lvm-luks-md@bookworm": 1500, "lvm-cache-thin@trixie": 700,
+COLD_COST = {"lvm-luks-md@bookworm": 1500, "encrypted-lvm@bookworm": 1400,
+             "encrypted-lvm@trixie": 900, "lvm-cache-thin@trixie": 700,
              "nbd-root@trixie": 650, "lvm-luks-md@trixie": 450, "live@trixie": 300}
 
 

@@ -131,6 +131,13 @@ class Scenario:
     ram: tuple[str, ...] = ()
     verb: str = "poweroff"               # how the test boot ends ("reboot": set final_line)
     qemu_extra: tuple[str, ...] = ()     # more qemu arguments for the test boot (devices)
+    # The shutdown watchdog: qemu's i6300esb, armed by systemd with RebootWatchdogSec= this
+    # (test.sh; systemd arms it only for reboot and kexec, so use verb="reboot").
+    watchdog: str | None = None
+    # Booted as the installed machine boots: the firmware (OVMF) runs GRUB from the
+    # stack's ESP, GRUB loads the kernel and initramfs from its /boot, instead of qemu
+    # -kernel with the initramfs saved by the stage. root= comes from GRUB's grub.cfg.
+    uefi: bool = False
 
     @property
     def ident(self) -> str:
@@ -192,6 +199,48 @@ scenario(releases=("bookworm",), **{**LVM_LUKS_MD,
                                     "closed_by_exitrd": ("vg0-root", "md0_crypt", "md0")},
          **LVM_LUKS_MD_RUN)
 
+# The headline (issue 11.4): what most people with an encrypted Debian have, the layout
+# of the installer's "Guided - use entire disk and set up encrypted LVM" on a UEFI
+# machine (guest/install-encrypted-lvm.sh): GPT, the ESP on /boot/efi, ext4 /boot, a
+# LUKS2 partition holding the VG with root and swap_1 (swap on, the resume device),
+# booted by OVMF and GRUB from the disk. Before the switch systemd turns the swap off and
+# unmounts /boot/efi and /boot (the pre-pivot diagnostics show what was left for exitrd).
+# On trixie the RAM is searched after the power-off (key, tmpfs and page-cache patterns,
+# init_on_free=1 as Tails boots) and, in a second run, after a warm reboot.
+ENCRYPTED_LVM = dict(
+    installer="install-encrypted-lvm.sh", disks=("4G",), uefi=True, check_md=False,
+    root="/dev/mapper/exitrd--vm--vg-root",
+    extra_packages=("dosfstools", "fdisk", "grub-efi-amd64"),
+    closed=("exitrd--vm--vg-root", "vda3_crypt"))
+ENCRYPTED_LVM_RUN = dict(
+    expect=("exitrd: unmounted /oldroot (ext4 on /dev/mapper/exitrd--vm--vg-root)",
+            "harness: pre-pivot swaps: none",
+            "harness: pre-pivot mount: / (ext4 on /dev/mapper/exitrd--vm--vg-root)"),
+    forbid=("harness: pre-pivot mount: /boot*", "harness: pre-pivot swap *"),
+    control_fails=("closed (by exitrd or the kernel)",),
+)
+RAM_ALL = dict(ram=("key", "tmpfs", "page-cache"),
+               append="init_on_free=1 exitrd.step_timeout=30s")
+RAM_FAILS = ("LUKS volume keys gone from RAM", "tmpfs pattern erased from RAM",
+             "page-cache pattern erased from RAM")
+scenario(releases=("trixie",), name="encrypted-lvm", **ENCRYPTED_LVM, **RAM_ALL, **{
+    **ENCRYPTED_LVM_RUN,
+    "control_fails": ENCRYPTED_LVM_RUN["control_fails"] + RAM_FAILS})
+# The warm reboot, with production's shutdown watchdog: armed by systemd at 6 s, fed by
+# exitrd through the slow steps (init_on_free=1 zeroes what the root's unmount frees).
+scenario(releases=("trixie",), name="encrypted-lvm-reboot", **ENCRYPTED_LVM, **RAM_ALL, **{
+    **ENCRYPTED_LVM_RUN, "verb": "reboot", "final_line": "reboot: Restarting system",
+    "watchdog": "6s",
+    "expect": ENCRYPTED_LVM_RUN["expect"] + (
+        "harness: watchdog: /dev/watchdog0, RebootWatchdogUSec=6s",
+        "exitrd: feeding the hardware watchdog /dev/watchdog0 every 2000ms"),
+    "control_fails": ENCRYPTED_LVM_RUN["control_fails"] + RAM_FAILS})
+# bookworm's systemd 252 flags nothing for deferred removal: exitrd removes both.
+scenario(releases=("bookworm",), name="encrypted-lvm",
+         **{**ENCRYPTED_LVM, "closed_by_exitrd": ENCRYPTED_LVM["closed"]},
+         ram=("key",), **{**ENCRYPTED_LVM_RUN, "control_fails": (
+             ENCRYPTED_LVM_RUN["control_fails"] + ("LUKS volume keys gone from RAM",))})
+
 # A second stack, built by a system-shutdown hook after systemd's own teardown: neither
 # deferred removal nor loop autoclear applies, so exitrd's own DM_DEV_REMOVE (plain DM
 # and dm-crypt), STOP_ARRAY and LOOP_CLR_FD each have to do the work.
@@ -226,7 +275,7 @@ scenario(
 )
 scenario(
     name="fault-hook-hang", **FAULT_STACK, kernel_lines=(MD0_STOPPED,),
-    test_extra="fault-hook-hang.sh", qemu_extra=("-device", "i6300esb"),
+    test_extra="fault-hook-hang.sh", watchdog="6s",
     verb="reboot", final_line="reboot: Restarting system",
     expect=("harness: hang hook in the payload, with /bin/sh",
             "harness: watchdog: /dev/watchdog0, RebootWatchdogUSec=6s",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .checks import require_harness_ok
 from .common import CACHE, REPO, guest_text, indent, key_of, run, say, sha256_file, stat, tail
-from .qemu import BootSpec, Nbd, boot_fresh, debugfs_dump, make_harness_disk, overlay
+from .qemu import BootSpec, Nbd, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
 from .scenarios import TIMEOUT_INSTALL, Scenario
 
 MIRROR = os.environ.get("EXITRD_VM_MIRROR", "http://deb.debian.org/debian")
@@ -465,9 +465,9 @@ def stack_pkg(s: Scenario, deb: Path) -> Path:
                               {"OUT_INITRD": "initrd-exitrd.img"})
             return disks + [hd]
 
-        b = boot_fresh(BootSpec("install-package", tmp, base / "vmlinuz",
-                                base / "initrd-plain.img", f"root={s.root} ro",
-                                TIMEOUT_INSTALL, nbd_of(s)), setup)
+        b = boot_fresh(stack_spec(s, "install-package", tmp, base / "vmlinuz",
+                                  base / "initrd-plain.img", "", TIMEOUT_INSTALL,
+                                  nbd=nbd_of(s)), setup)
         require_harness_ok(b, f"{s.ident}: package install")
         if not debugfs_dump(hd, "/out/initrd-exitrd.img", tmp / "initrd-exitrd.img"):
             raise SystemExit(f"{s.ident}: package stage left no initrd-exitrd.img")
@@ -529,9 +529,8 @@ def stack_dracut(s: Scenario) -> Path:
                               {"OUT_INITRD": "initrd-dracut.img"})
             return disks + [hd]
 
-        b = boot_fresh(BootSpec("install-dracut", tmp, base / "vmlinuz",
-                                base / "initrd-plain.img", f"root={s.root} ro",
-                                TIMEOUT_INSTALL), setup)
+        b = boot_fresh(stack_spec(s, "install-dracut", tmp, base / "vmlinuz",
+                                  base / "initrd-plain.img", "", TIMEOUT_INSTALL), setup)
         require_harness_ok(b, f"{s.ident}: dracut install")
         if not debugfs_dump(hd, "/out/initrd-dracut.img", tmp / "initrd-dracut.img"):
             raise SystemExit(f"{s.ident}: dracut stage left no initrd-dracut.img")

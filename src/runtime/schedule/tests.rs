@@ -149,6 +149,11 @@ impl Executor for Fake {
                 self.apply(step);
                 Outcome::Gone
             }
+            Some("lingering") => {
+                // Went by itself, but its sysfs entry is still there at the next read
+                // (the kernel's deferred removal finishing).
+                Outcome::Gone
+            }
             Some("slow") => {
                 // Takes longer than allowed: the worker is abandoned at the timeout.
                 self.clock += timeout;
@@ -235,6 +240,20 @@ fn a_device_that_went_by_itself_counts_as_closed() {
     assert!(p.failed.is_empty(), "{:?}", p.failed);
     assert_eq!(fake.attempts[lv], 1);
     // Closed, but by the kernel: the inventory must not say exitrd did it.
+    assert_eq!(p.gone_by_kernel.iter().collect::<Vec<_>>(), ["dm-1"]);
+}
+
+/// Seen on trixie's encrypted LVM: the kernel removed the LUKS mapping (deferred removal)
+/// while its sysfs entry lingered, and every later pass tried it again and logged "is
+/// gone" once more (four lines for one device). Gone once is gone for the run.
+#[test]
+fn a_device_found_gone_is_not_tried_again_while_its_entry_lingers() {
+    let lv = "remove LVM volume vg0-root (dm-1)";
+    let mut fake = Fake::lvm_luks_md().script(lv, &["lingering"]);
+    let p = run(&mut fake, &all, 60);
+    assert_eq!(fake.attempts[lv], 1, "{:?}", fake.log);
+    let reports = fake.log.iter().filter(|l| l.starts_with(lv)).count();
+    assert_eq!(reports, 1, "{:?}", fake.log);
     assert_eq!(p.gone_by_kernel.iter().collect::<Vec<_>>(), ["dm-1"]);
 }
 

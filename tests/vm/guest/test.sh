@@ -21,6 +21,21 @@ fi
 if [ "${CAPTURE:-0}" = 1 ]; then
 	capture_fixture "$HARNESS/out/fixture"
 fi
+# Scenario.watchdog: the shutdown watchdog, as a production machine may have it: qemu's
+# i6300esb (reset on expiry), armed by systemd with RebootWatchdogSec=$WATCHDOG (systemd
+# arms it for reboot and kexec, not for power-off). No D-Bus in the test image: a
+# drop-in, and systemd re-executes to read it.
+if [ -n "${WATCHDOG:-}" ]; then
+	i=0
+	while [ ! -e /dev/watchdog0 ] && [ "$i" -lt 100 ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	mkdir -p /run/systemd/system.conf.d
+	printf '[Manager]\nRebootWatchdogSec=%s\n' "$WATCHDOG" >/run/systemd/system.conf.d/exitrd-test-watchdog.conf
+	systemctl daemon-reexec
+	log "watchdog: $(ls /dev/watchdog0 2>/dev/null || echo none), RebootWatchdogUSec=$(systemctl show -P RebootWatchdogUSec)"
+fi
 # A scenario's fault injection (Scenario.test_extra), run last, from the copy in /run
 # (the HARNESS disk is unmounted before the poweroff; leave nothing open on it).
 extra=${HARNESS_LIB%/*}/extra.sh
