@@ -142,16 +142,28 @@ def checks_test_boot(s: Scenario, b: Boot) -> list[Check]:
 
 def stamped_after(text: str, p: str) -> list[str] | None:
     """The kernel-timestamped lines after the first line matching `p`, other than copies of
-    it (an exitrd line comes twice: the console's and the kernel's). None without such a
-    line. Whatever the kernel logs (a reboot, a panic, sysrq) carries a timestamp; the
-    console copy does not, and may be cut by kernel lines, so unstamped text is not
-    counted."""
+    it and the kernel's copies of exitrd lines whose console copy came before it (an exitrd
+    line comes twice, and the kernel's copy can lag: run 20261202-065202 printed the
+    previous line's after the hang line's console copy). None without such a line.
+    Whatever the kernel logs (a reboot, a panic, sysrq) carries a timestamp; the console
+    copy does not, and may be cut by kernel lines, so unstamped text is not counted."""
     rx = line_pattern(p)
     lines = stamped(text)
     first = next((i for i, (_, msg) in enumerate(lines) if rx.fullmatch(msg)), None)
     if first is None:
         return None
-    return [msg for ts, msg in lines[first + 1:] if ts is not None and not rx.fullmatch(msg)]
+    earlier = collections.Counter(msg for ts, msg in lines[:first]
+                                  if ts is None and msg.startswith("exitrd: "))
+    earlier -= collections.Counter(msg for ts, msg in lines[:first] if ts is not None)
+    after = []
+    for ts, msg in lines[first + 1:]:
+        if ts is None or rx.fullmatch(msg):
+            continue
+        if earlier[msg] > 0:
+            earlier[msg] -= 1
+            continue
+        after.append(msg)
+    return after
 
 
 # Of a pattern written into the guest, what may be left in its RAM after it stopped. Not
