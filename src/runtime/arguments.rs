@@ -52,6 +52,7 @@ pub fn budget(cfg: &Config, systemd_timeout: Option<Duration>) -> Duration {
 pub struct Faults {
     pub panic: bool,
     pub abort: bool,
+    pub hang: bool,
     pub verb: Option<String>,
 }
 
@@ -61,6 +62,7 @@ fn faults(cmdline: &str) -> Faults {
         match word.strip_prefix("exitrd.fault=") {
             Some("panic") => f.panic = true,
             Some("abort") => f.abort = true,
+            Some("hang") => f.hang = true,
             Some(v) => {
                 if let Some(verb) = v.strip_prefix("verb:") {
                     f.verb = Some(verb.to_string());
@@ -92,7 +94,11 @@ pub fn load_config(cmdline: &str) -> Config {
 
 /// The fault switches of `cmdline`, if the payload allows them (see [`FAULTS_ALLOWED_FILE`]).
 pub fn test_faults(cmdline: &str) -> Faults {
-    if Path::new(FAULTS_ALLOWED_FILE).exists() {
+    gated_faults(Path::new(FAULTS_ALLOWED_FILE).exists(), cmdline)
+}
+
+fn gated_faults(allowed: bool, cmdline: &str) -> Faults {
+    if allowed {
         faults(cmdline)
     } else {
         if cmdline.contains("exitrd.fault=") {
@@ -167,6 +173,18 @@ mod tests {
         assert!(f.panic);
         assert!(!f.abort);
         assert!(faults("exitrd.fault=abort").abort);
+        assert!(faults("exitrd.fault=hang").hang);
         assert_eq!(f.verb.as_deref(), Some("sing"));
+    }
+
+    /// Without the payload's switch file no fault is honoured, the hang included: on a
+    /// real machine `exitrd.fault=hang` must not wedge the shutdown.
+    #[test]
+    fn fault_switches_need_the_switch_file() {
+        let cmdline =
+            "exitrd.fault=hang exitrd.fault=panic exitrd.fault=abort exitrd.fault=verb:sing";
+        assert_eq!(gated_faults(false, cmdline), Faults::default());
+        let allowed = gated_faults(true, cmdline);
+        assert!(allowed.hang && allowed.panic && allowed.abort);
     }
 }

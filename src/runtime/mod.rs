@@ -161,6 +161,23 @@ pub fn run(args: &[String]) -> ! {
     )
 }
 
+/// The test fault `exitrd.fault=hang`: PID 1 wedged after unmounting, as if stuck for good.
+/// Only the hardware watchdog may end this, and the VM test proves that it does: so
+/// nothing here may feed it, and nothing may lead on to `reboot(2)`. Feeding stops for
+/// good; every signal is blocked, since a signal delivered to one of the fatal-signal
+/// handlers (a leftover process's `kill -ABRT 1`) would end in `reboot(2)`; and sleep,
+/// unlike [`watchdog::sleep`], does not feed. No thread of ours runs meanwhile (the
+/// runtime has none) and forked workers never feed.
+fn wedge() -> ! {
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+    watchdog::stop_feeding();
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
+    say!("test fault exitrd.fault=hang: hanging for good after unmounting, no longer feeding the watchdog; only its reset can end this");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 struct Shutdown {
     cfg: Config,
     verb: Verb,
@@ -281,6 +298,9 @@ impl Shutdown {
         self.passes(&|s: &Step| !is_device_step(s));
         if self.faults.panic {
             panic!("test fault exitrd.fault=panic after unmounting");
+        }
+        if self.faults.hang {
+            wedge();
         }
         if self.faults.abort {
             say!("test fault exitrd.fault=abort: aborting after unmounting");

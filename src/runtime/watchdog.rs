@@ -2,9 +2,15 @@
 //! so in `WATCHDOG_USEC`; if we stopped feeding it, a slow but healthy shutdown would be
 //! cut short by a hardware reset. We never disarm it (no magic close): should the final
 //! `reboot(2)` ever hang, the watchdog still resets the machine.
+//!
+//! There is no feeder thread: PID 1 feeds from its own wait loops ([`sleep`], the waits for
+//! workers and hooks, a console write that has to wait). So a PID 1 that stops running
+//! its sequence stops feeding, and the watchdog resets the machine; forked workers never
+//! feed (see [`feed`]), or one left running in the background could keep a wedged PID 1
+//! alive.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -69,7 +75,14 @@ pub fn init() -> Option<String> {
 }
 
 /// Keeps the watchdog alive if it is due. Cheap; called from every wait loop.
+///
+/// Only PID 1 itself feeds. A forked worker inherits the open device, and its keepalive
+/// would reach the hardware just the same: a worker looping in the background (abandoned
+/// after its timeout) must not vouch for a PID 1 that has stopped.
 pub fn feed() {
+    if super::worker::in_worker() {
+        return;
+    }
     let Ok(mut slot) = DOG.try_lock() else { return };
     let Some(dog) = slot.as_mut() else { return };
     if dog.last.elapsed() < dog.every {
@@ -84,6 +97,20 @@ pub fn feed() {
     dog.last = Instant::now();
     #[cfg(test)]
     testing::FEEDS.with(|n| n.set(n.get() + 1));
+}
+
+/// Feeds the watchdog no more, for good: [`feed`] does nothing from here on. The device
+/// stays open and armed: closing it without the magic character would make the kernel
+/// ping it once more (and log "watchdog did not stop!"), so its descriptor is kept, unused.
+/// For the test fault of a wedged PID 1, which only the watchdog's reset may end.
+pub fn stop_feeding() {
+    let dog = match DOG.lock() {
+        Ok(mut slot) => slot.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    };
+    if let Some(dog) = dog {
+        let _kept_open = dog.file.into_raw_fd();
+    }
 }
 
 /// Sleeps for `d` while keeping the watchdog fed.
@@ -110,9 +137,14 @@ pub(crate) mod testing {
         pub(super) static FEEDS: Cell<usize> = const { Cell::new(0) };
     }
 
+    /// The stand-in is the one global watchdog: tests that use it take turns, or one
+    /// test's `stop_feeding` would starve another's count.
+    static TURN: Mutex<()> = Mutex::new(());
+
     /// Runs `f` with a watchdog due at every feed (`/dev/null`: the keepalive ioctl fails
     /// there, harmlessly) and returns how many times `f` fed it.
     pub(crate) fn feeds_during(f: impl FnOnce()) -> usize {
+        let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Ok(file) = OpenOptions::new().write(true).open("/dev/null") else {
             panic!("cannot open /dev/null");
         };
@@ -141,6 +173,42 @@ mod tests {
     #[test]
     fn keepalive_request_matches_the_header() {
         abi_probe::check(&[("WDIOC_KEEPALIVE", abi_probe::ioctl_code(WDIOC_KEEPALIVE))]);
+    }
+
+    #[test]
+    fn no_feeding_after_stop_feeding() {
+        let fed = testing::feeds_during(|| sleep(Duration::from_millis(50)));
+        assert!(fed > 0, "the control: sleep feeds a due watchdog");
+        let fed = testing::feeds_during(|| {
+            stop_feeding();
+            sleep(Duration::from_millis(250));
+            feed();
+        });
+        assert_eq!(fed, 0, "fed after stop_feeding");
+    }
+
+    /// A forked worker, whatever it runs, never feeds: only PID 1 vouches for itself.
+    #[test]
+    fn a_worker_never_feeds() {
+        use crate::runtime::worker::{bounded, Outcome};
+        let outcome = std::cell::RefCell::new(None);
+        testing::feeds_during(|| {
+            *outcome.borrow_mut() = Some(bounded(Duration::from_secs(10), || {
+                // In the child: its own copy of this thread's count.
+                let before = testing::FEEDS.with(|n| n.get());
+                sleep(Duration::from_millis(250));
+                feed();
+                match testing::FEEDS.with(|n| n.get()) - before {
+                    0 => Ok(()),
+                    n => Err(std::io::Error::other(format!("the worker fed {n} times"))),
+                }
+            }));
+        });
+        let outcome = outcome.into_inner();
+        assert!(
+            matches!(outcome, Some(Outcome::Done)),
+            "worker: {outcome:?}"
+        );
     }
 
     #[test]

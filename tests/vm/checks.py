@@ -10,7 +10,8 @@ import re
 
 from .common import indent, tail
 from .logs import (exitrd_console_and_kernel_lines, find_line, harness_lines, has_line,
-                   inventory, messages, shutdown_excerpt, shutdown_seconds, stamped)
+                   inventory, line_pattern, messages, shutdown_excerpt, shutdown_seconds,
+                   stamped)
 from .qemu import Boot
 from .ram import key_total, planted
 from .scenarios import GAVE_UP, SWITCH_LINES, UNABLE_FINALIZE, Rx, Scenario, pinned
@@ -48,7 +49,16 @@ def checks_test_boot(s: Scenario, b: Boot) -> list[Check]:
     excerpt = shutdown_excerpt(text)
     c = []
     ended = not b.timed_out and has_line(msgs, s.final_line)
-    c.append(Check(f"VM ended by itself with '{s.final_line}'", ended, b.why_not_off()))
+    if s.ends_at_final_line:
+        after = stamped_after(text, s.final_line)
+        c.append(Check(f"VM ended by itself right after '{s.final_line}'",
+                       ended and b.returncode == 0 and after == [],
+                       b.why_not_off() if b.timed_out else
+                       f"qemu exit code {b.returncode}; " + (
+                           "no such line" if after is None else
+                           f"kernel lines after it: {after[:5]}")))
+    else:
+        c.append(Check(f"VM ended by itself with '{s.final_line}'", ended, b.why_not_off()))
     rc = script_exit(b)
     c.append(Check("test boot script exited 0", rc == "0", f"run.sh exit={rc}"))
     c.append(Check("marker written", has_line(msgs, "harness: marker written"), "absent"))
@@ -128,6 +138,32 @@ def checks_test_boot(s: Scenario, b: Boot) -> list[Check]:
             x.detail += f"\n  shutdown part of {b.log_path}:\n" + indent(excerpt)
             break
     return c
+
+
+def stamped_after(text: str, p: str) -> list[str] | None:
+    """The kernel-timestamped lines after the first line matching `p`, other than copies of
+    it and the kernel's copies of exitrd lines whose console copy came before it (an exitrd
+    line comes twice, and the kernel's copy can lag: run 20261202-065202 printed the
+    previous line's after the hang line's console copy). None without such a line.
+    Whatever the kernel logs (a reboot, a panic, sysrq) carries a timestamp; the console
+    copy does not, and may be cut by kernel lines, so unstamped text is not counted."""
+    rx = line_pattern(p)
+    lines = stamped(text)
+    first = next((i for i, (_, msg) in enumerate(lines) if rx.fullmatch(msg)), None)
+    if first is None:
+        return None
+    earlier = collections.Counter(msg for ts, msg in lines[:first]
+                                  if ts is None and msg.startswith("exitrd: "))
+    earlier -= collections.Counter(msg for ts, msg in lines[:first] if ts is not None)
+    after = []
+    for ts, msg in lines[first + 1:]:
+        if ts is None or rx.fullmatch(msg):
+            continue
+        if earlier[msg] > 0:
+            earlier[msg] -= 1
+            continue
+        after.append(msg)
+    return after
 
 
 # Of a pattern written into the guest, what may be left in its RAM after it stopped. Not

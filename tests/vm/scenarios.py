@@ -98,6 +98,10 @@ class Scenario:
     inventory: bool = True               # the exitrd must log its inventory line
     pivot: bool = True                   # systemd must switch into the exitrd
     final_line: str = POWER_DOWN         # the kernel's last word for the verb used
+    # The VM must end right at final_line: qemu exits cleanly (under -no-reboot a guest
+    # reset ends it) and the kernel logs nothing after it. For a guest that nothing but
+    # the hardware watchdog can end: no reboot(2), so no kernel "reboot:" line.
+    ends_at_final_line: bool = False
     max_shutdown: float | None = None    # bound (s) on "Syncing filesystems" -> final line
     check_boot: bool = True              # boot once more to check the marker and the disks
     # Test boot media: "pkg" = disks with the package and the initrd with the payload;
@@ -329,6 +333,27 @@ scenario(
     ram=("key",), verb="reboot", final_line="reboot: Restarting system",
     control_fails=("in order: ", "data intact: root fs clean at next boot",
                    "LUKS volume keys gone from RAM"),
+)
+# A wedged exitrd (issue 11.5): it stops after unmounting and no longer feeds the shutdown
+# watchdog (qemu's i6300esb, armed by systemd for the reboot with 6 s), which must reset
+# the guest. Only the watchdog can end it: exitrd never calls reboot(2), so there is no
+# kernel "reboot:" line, and the kernel logs nothing after the hang line; under qemu's
+# -no-reboot the reset ends qemu (a hang without a watchdog runs into the time limit).
+HANG_LINE = ("exitrd: test fault exitrd.fault=hang: hanging for good after unmounting, no "
+             "longer feeding the watchdog; only its reset can end this")
+scenario(
+    name="fault-wedged", **{**FAULT_STACK, "closed": (), "closed_by_exitrd": ()},
+    inventory=False, test_extra="fault-wedged.sh", append="exitrd.fault=hang",
+    qemu_extra=("-device", "i6300esb"), verb="reboot", final_line=HANG_LINE,
+    ends_at_final_line=True,
+    expect=("harness: watchdog: /dev/watchdog0, RebootWatchdogUSec=6s",
+            "harness: fault switch in the payload",
+            "systemd-shutdown[1]: Watchdog running with a hardware timeout of 6s.",
+            "exitrd: feeding the hardware watchdog /dev/watchdog0 every 2000ms",
+            "exitrd: unmounted /oldroot (ext4 on /dev/mapper/vg0-root)"),
+    forbid=("reboot: *",),
+    control_fails=(f"VM ended by itself right after '{HANG_LINE}'", "log lacks 'reboot: *'"),
+    in_suite=False,
 )
 scenario(
     name="fault-bad-input", **FAULT_STACK, kernel_lines=(MD0_STOPPED,),
