@@ -7,6 +7,7 @@
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
 set -eu
+stage_system
 
 kver=$(uname -r)
 img=/boot/initrd.img-$kver

@@ -5,6 +5,7 @@
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
 set -eu
+stage_system
 
 kver=$(uname -r)
 before=$(cksum </boot/initrd.img-"$kver")

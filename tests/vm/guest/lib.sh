@@ -19,6 +19,35 @@ die() {
 
 mkdir -p "$HARNESS/out"
 
+# stage_system: what a stage script (installer, package, dracut) needs from the system
+# when the stage boot runs the harness as PID 1 (init=/usr/local/sbin/exitrd-harness)
+# instead of systemd: under emulation a full systemd boot cost 30 s (stack) to 90 s
+# (rootfs image with debootstrap's generic initrd) before run.sh started. A no-op under
+# systemd (/run/systemd/system, the test of sd_booted()).
+#  - the hostname: mdadm --create names the array <hostname>:0 (systemd set it);
+#  - a writable root (booted "ro" as the stack's boots are: dpkg, update-initramfs);
+#  - udevd: /dev/mapper and by-uuid links, `udevadm settle`, and lvm's and
+#    cryptsetup's udev synchronisation. The initramfs's udevd exited before run-init;
+#    its database came along with /run. The block devices are triggered again so that
+#    their links and database entries come from the root's full rule set.
+# Once per boot (an installer calls it again after re-executing itself under unshare).
+stage_system() {
+	[ -d /run/systemd/system ] && return 0
+	[ -e /run/harness-stage-system ] && return 0
+	: >/run/harness-stage-system
+	cat /etc/hostname >/proc/sys/kernel/hostname
+	mount -o remount,rw /
+	mkdir -p /dev/pts /dev/shm /run/lock
+	mountpoint -q /dev/pts || mount -t devpts -o gid=5,mode=620 devpts /dev/pts
+	mountpoint -q /dev/shm || mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm
+	# Its own stdio on /dev/null: the daemon outlives run.sh, and the harness reads
+	# run.sh's output until every writer has closed it.
+	/usr/lib/systemd/systemd-udevd --daemon </dev/null >/dev/null 2>&1
+	udevadm trigger --action=add --subsystem-match=block
+	udevadm settle
+	log "stage: PID 1 is $(cat /proc/1/comm), started udevd, / read-write"
+}
+
 # copy_rootfs TARGET: copy the running root file system (only that one) into TARGET.
 # The test VMs have no sound, graphics, media, wireless, USB or InfiniBand hardware:
 # those kernel modules (a third of the root file system) and the documentation are left
