@@ -55,4 +55,11 @@ for f in shutdown etc/keys/root.key etc/crypttab usr/sbin/mdadm usr/sbin/lvm usr
 done
 lsinitrd -m "$img" 2>/dev/null | tr '\n' ' ' | while IFS= read -r l; do log "dracut: modules: $l"; done
 save_initrd / "$OUT_INITRD"
+# Leave the root file system clean, as systemd's shutdown did: as PID 1 (stage_system
+# ran) the harness only syncs before its forced poweroff, and every later boot of these
+# disks would start with a journal to recover.
+if [ -e /run/harness-stage-system ]; then
+	sync
+	mount -o remount,ro / || log "dracut: cannot remount / read-only"
+fi
 log "dracut: done"

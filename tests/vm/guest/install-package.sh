@@ -17,4 +17,11 @@ if [ "$before" = "$after" ]; then
 	update-initramfs -u -k "$kver"
 fi
 save_initrd / "$OUT_INITRD"
+# Leave the root file system clean, as systemd's shutdown did: as PID 1 (stage_system
+# ran) the harness only syncs before its forced poweroff, and every later boot of these
+# disks would start with a journal to recover.
+if [ -e /run/harness-stage-system ]; then
+	sync
+	mount -o remount,ro / || log "package: cannot remount / read-only"
+fi
 log "package: done"
