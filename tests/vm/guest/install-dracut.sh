@@ -8,6 +8,14 @@
 . "${HARNESS_LIB:?}"
 set -eu
 stage_system
+# As PID 1 nothing loaded the drivers of the machine's devices (systemd's udev coldplug
+# did): load them by their modalias, as udev would, for the image generated here looks
+# at what is loaded (MODULES=dep adds sd_mod once ata_piix has brought the SCSI bus).
+if [ -e /run/harness-stage-system ]; then
+	find /sys/devices -name modalias -exec cat {} + 2>/dev/null | sort -u |
+		xargs modprobe -a -b -q 2>/dev/null || :
+	log "dracut: modules loaded: $(wc -l </proc/modules)"
+fi
 
 kver=$(uname -r)
 img=/boot/initrd.img-$kver
