@@ -22,6 +22,7 @@
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
 set -eu
+stage_system
 if [ -z "${HARNESS_UNSHARED:-}" ]; then
 	HARNESS_UNSHARED=1 exec unshare --mount --propagation private sh "$0" "$@"
 fi

@@ -6,6 +6,7 @@
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
 set -eu
+stage_system
 # Work in a private mount namespace: mounts made here must not propagate into the
 # namespaces of running services, where they would keep the target busy.
 if [ -z "${HARNESS_UNSHARED:-}" ]; then

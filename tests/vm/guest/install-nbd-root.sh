@@ -7,6 +7,7 @@
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
 set -eu
+stage_system
 # Private mount namespace: the target's mounts must not leak into running services.
 if [ -z "${HARNESS_UNSHARED:-}" ]; then
 	HARNESS_UNSHARED=1 exec unshare --mount --propagation private sh "$0" "$@"

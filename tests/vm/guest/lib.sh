@@ -19,6 +19,49 @@ die() {
 
 mkdir -p "$HARNESS/out"
 
+# stage_system: what a stage script (installer, package, dracut) needs from the system
+# when the stage boot runs the harness as PID 1 (init=/usr/local/sbin/exitrd-harness)
+# instead of systemd: under emulation a full systemd boot cost 30 s (stack) to 90 s
+# (rootfs image with debootstrap's generic initrd) before run.sh started. A no-op under
+# systemd (/run/systemd/system, the test of sd_booted()).
+#  - the hostname: mdadm --create names the array <hostname>:0 (systemd set it);
+#  - a writable root (booted "ro" as the stack's boots are: dpkg, update-initramfs);
+#  - udevd: /dev/mapper and by-uuid links of the devices the stage makes, `udevadm
+#    settle`, and lvm's and cryptsetup's udev synchronisation. The initramfs's udevd
+#    exited before run-init; the devices it saw keep their links and database (/dev
+#    and /run came along). No `udevadm trigger`: replaying the block devices' events
+#    through the root's rules (mdadm --incremental, pvscan, blkid) cost 40 s of a
+#    package boot under emulation and changes nothing the stages use.
+# Once per boot (an installer calls it again after re-executing itself under unshare).
+stage_system() {
+	[ -d /run/systemd/system ] && return 0
+	[ -e /run/harness-stage-system ] && return 0
+	: >/run/harness-stage-system
+	cat /etc/hostname >/proc/sys/kernel/hostname
+	mount -o remount,rw /
+	# The stack's other local file systems (encrypted-lvm's /boot and ESP: the kernel,
+	# the initramfs and GRUB live there), as systemd's fstab units would mount them.
+	mount -a -O no_netdev
+	mkdir -p /dev/pts /dev/shm /run/lock
+	mountpoint -q /dev/pts || mount -t devpts -o gid=5,mode=620 devpts /dev/pts
+	mountpoint -q /dev/shm || mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm
+	# Its own stdio on /dev/null: the daemon outlives run.sh, and the harness reads
+	# run.sh's output until every writer has closed it.
+	/usr/lib/systemd/systemd-udevd --daemon </dev/null >/dev/null 2>&1
+	udevadm settle
+	log "stage: PID 1 is $(cat /proc/1/comm), udevd started, / read-write"
+}
+
+# stage_unmount: at the end of a stage boot as PID 1, unmount what stage_system mounted
+# from fstab (deepest first), so those file systems are left clean too.
+stage_unmount() {
+	[ -e /run/harness-stage-system ] || return 0
+	awk '$1 !~ /^#/ && $2 ~ /^\/./ && $3 != "swap" { print $2 }' /etc/fstab | sort -r |
+		while read -r m; do
+			if mountpoint -q "$m"; then umount "$m" || log "stage: cannot unmount $m"; fi
+		done
+}
+
 # copy_rootfs TARGET: copy the running root file system (only that one) into TARGET.
 # The test VMs have no sound, graphics, media, wireless, USB or InfiniBand hardware:
 # those kernel modules (a third of the root file system) and the documentation are left
