@@ -209,6 +209,18 @@ def checks_ram(s: Scenario, b: Boot) -> list[Check]:
     return c
 
 
+# How the check boot's checks (checks_check_boot) are named.
+CHECK_BOOT_CHECKS = ("check boot powered off", "data intact: ", "check boot log has ")
+
+
+def control_needs_check_boot(s: Scenario) -> bool:
+    """A control's check boot proves something only when the scenario names one of its
+    checks among those the control must fail, or expects lines of it (the data-intact
+    checks pass after stock Debian's shutdown too: they were information only)."""
+    return bool(s.control_check_expect) or any(
+        n.startswith(CHECK_BOOT_CHECKS) for n in s.control_fails)
+
+
 def checks_check_boot(s: Scenario, b: Boot, token: str) -> list[Check]:
     """What the next boot finds. The marker, the arrays' sync state and fsck tell whether
     the data survived; they pass after stock Debian's shutdown too (systemd remounts /
