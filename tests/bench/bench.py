@@ -15,8 +15,13 @@ cached):
   exitrd  initramfs-tools with the exitrd package (the pkg stage, initrd-exitrd.img)
 Each repetition boots every setup once (interleaved, so load changes on the host hit all
 three alike): a test boot (the harness's test.sh plus guest/measure.sh, then a normal
-poweroff) and a check boot on the same disks. Results: tests/bench/results/<date>-<release>
-.md/.svg/.json, and the "Benchmarks" section at the end of README.md.
+poweroff) and a check boot on the same disks. Then the RAM boots (--ram-reps rounds, default
+1; not the timing boots, since init_on_free=1 slows the shutdown): every setup powers off
+once and reboots once with the VM test suite's RAM secrets planted (tests/vm/guest/
+ram-secrets.sh: the LUKS volume key, a pattern in /run and one on /), qemu keeps the
+stopped guest and saves its RAM, tests/vm/ram.py counts what is left, the dump (1 GiB, in
+the run folder outside the repository) is deleted. Results: tests/bench/results/<date>-
+<release>.md/.svg/.json, and the "Benchmarks" section at the end of README.md.
 """
 
 from __future__ import annotations
@@ -614,7 +619,9 @@ def svg_chart(res: dict) -> str:
          f'<rect width="{W}" height="{H}" fill="white"/>',
          f'<text x="10" y="20" font-size="15" font-weight="bold">exitrd vs dracut vs stock Debian '
          f'({html.escape(res["release"])}, lvm-luks-md, {res["reps"]} runs each, {html.escape(res["date"])})</text>',
-         '<text x="10" y="36" fill="#555">bar: median; whisker: min–max; lower is better</text>']
+         '<text x="10" y="36" fill="#555">bar: median; whisker: min–max; lower is better'
+         + (f'; RAM panels: {res["ram"]["reps"]} boot(s) per setup and verb, '
+            f'{html.escape(res["ram"]["append"])}' if res.get("ram") else "") + '</text>']
     for i, (title, key, scale) in enumerate(panels):
         y0 = top + i * ph
         o.append(f'<text x="10" y="{y0 + 16}" font-weight="bold">{html.escape(title)}</text>')
