@@ -247,6 +247,9 @@ def ram_figures(s: scenarios.Scenario, tb: qemu.Boot, found: dict | None, verb: 
     return {
         "verb": verb,
         "ended": not tb.timed_out and logs.has_line(msgs, VERBS[verb]),
+        "timed_out": tb.timed_out,
+        # Whether the guest got as far as the harness's script (which plants the secrets).
+        "harness_ran": logs.first_stamp(text, "harness: run.sh start") is not None,
         "script_ok": checks.script_exit(tb) == "0",
         "switched": scenarios.pinned(scenarios.SWITCH_LINES, s.release)[0] in text,
         "md_stopped": "md: md0 stopped." in text,
@@ -749,21 +752,27 @@ def ram_note(res: dict, sm: dict) -> str:
     seen = []
     for st in SETUPS:
         x = sm[st]
-        tot = [x[f"key_{v}_total"] for v in VERBS]
-        if any(t is None for t in tot):
-            seen.append(f"{st}: some RAM boot saved no dump or planted no key")
-            continue
-        kept = [v for v, t_ in zip(VERBS, tot) if t_[2] > 0]
+        parts = []
+        for v in VERBS:
+            tot = x[f"key_{v}_total"]
+            parts.append(f"no figures after {v}" if tot is None else
+                         f"the key {'found' if tot[2] > 0 else 'gone'} after {v}")
         pat = max((x[f"pct_{v}_{k}"][2] for v in VERBS for k in PATTERNS
                    if x[f"pct_{v}_{k}"] is not None), default=None)
-        seen.append(f"{st}: the key " + (f"found after {' and '.join(kept)}" if kept
-                                         else "gone after both verbs")
+        seen.append(f"{st}: {', '.join(parts)}"
                     + ("" if pat is None else f", at most {pat:.2f} % of a pattern left"))
-    odd = [f"{b['setup']} {b['verb']} (`{Path(b['rundir']).name}`)" for st in SETUPS
-           for b in r["runs"][st] if not (b["ended"] and b["script_ok"])]
-    if odd:
-        seen.append("these boots did not end with their verb's last kernel line or their "
-                    "script failed: " + ", ".join(odd))
+    for st in SETUPS:
+        for b in r["runs"][st]:
+            if b["ended"] and b["script_ok"]:
+                continue
+            why = ("was killed at its time limit" if b.get("timed_out")
+                   else "did not end with its verb's last kernel line")
+            if not b.get("harness_ran", True):
+                why += " before the harness's script ran (nothing planted)"
+            elif not b["script_ok"]:
+                why += "; its script failed"
+            seen.append(f"the {st} {b['verb']} RAM boot (`{Path(b['rundir']).name}`) {why}"
+                        + ("; no RAM dump" if not b["dump_saved"] else ""))
     return out + " " + "; ".join(seen) + "."
 
 
@@ -909,6 +918,20 @@ def cmd_recompute(a) -> int:
             new = figures(s, tb, None, "", old["next_boot"])
             new["rundir"] = old["rundir"]
             res["runs"][st][i] = new
+    for st, rs in res.get("ram", {}).get("runs", {}).items():
+        for i, old in enumerate(rs):
+            rundir = Path(old["rundir"])
+            # Figures from before "timed_out" was kept: a RAM boot without a dump and without
+            # its last kernel line was killed at its limit (qemu saves the RAM whenever the
+            # guest stops by itself).
+            timed_out = old.get("timed_out", not old["dump_saved"] and not old["ended"])
+            tb = qemu.Boot("test", rundir / "test.serial.log", old.get("wall_s", 0.0),
+                           timed_out, s.timeout_test, None, repeated=old.get("repeated", ""))
+            found = (json.loads((rundir / "ram.json").read_text())
+                     if old["dump_saved"] and (rundir / "ram.json").exists() else None)
+            new = ram_figures(s, tb, found, old["verb"])
+            new.update(setup=st, rundir=old["rundir"])
+            rs[i] = new
     path.write_text(json.dumps(res, indent=1) + "\n")
     say(f"recomputed {path}")
     return cmd_render(a)
