@@ -15,8 +15,13 @@ cached):
   exitrd  initramfs-tools with the exitrd package (the pkg stage, initrd-exitrd.img)
 Each repetition boots every setup once (interleaved, so load changes on the host hit all
 three alike): a test boot (the harness's test.sh plus guest/measure.sh, then a normal
-poweroff) and a check boot on the same disks. Results: tests/bench/results/<date>-<release>
-.md/.svg/.json, and the "Benchmarks" section at the end of README.md.
+poweroff) and a check boot on the same disks. Then the RAM boots (--ram-reps rounds, default
+1; not the timing boots, since init_on_free=1 slows the shutdown): every setup powers off
+once and reboots once with the VM test suite's RAM secrets planted (tests/vm/guest/
+ram-secrets.sh: the LUKS volume key, a pattern in /run and one on /), qemu keeps the
+stopped guest and saves its RAM, tests/vm/ram.py counts what is left, the dump (1 GiB, in
+the run folder outside the repository) is deleted. Results: tests/bench/results/<date>-
+<release>.md/.svg/.json, and the "Benchmarks" section at the end of README.md.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import time
 from pathlib import Path
 
 # The VM harness: stages, boots, log parsing.
-from tests.vm import checks, common, logs, qemu, scenarios, stages
+from tests.vm import checks, common, logs, qemu, ram, scenarios, stages
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -48,6 +53,9 @@ SCENARIO = "lvm-luks-md"
 SETUPS = ("stock", "dracut", "exitrd")
 LABELS = {"stock": "stock Debian (initramfs-tools)", "dracut": "dracut (Debian package)",
           "exitrd": "initramfs-tools + exitrd"}
+# The RAM boots end with these (test.sh's VERB); the kernel's last line for each.
+VERBS = {"poweroff": scenarios.POWER_DOWN, "reboot": "reboot: Restarting system"}
+PATTERNS = ("tmpfs", "page-cache")   # ram-secrets.sh's two patterns
 
 
 def say(msg: str) -> None:
@@ -178,6 +186,101 @@ def one_run(s: scenarios.Scenario, setup: str, src: Path, initrd: Path, rundir: 
         d.with_name(f"check-{d.name}").unlink(missing_ok=True)
         d.unlink(missing_ok=True)
     return fig
+
+
+def ram_append() -> str:
+    """The kernel command line of the test suite's RAM scenario on this stack: init_on_free=1
+    (as Tails boots) and exitrd's longer step time (zeroing every freed page under TCG slows
+    the root's unmount past the default step). Taken from that scenario, so the bench's
+    RAM rows measure what the suite checks."""
+    for x in scenarios.SCENARIOS.values():
+        if x.name == SCENARIO and "key" in x.ram:
+            return x.append
+    raise SystemExit(f"no {SCENARIO} scenario with RAM checks in tests/vm/scenarios.py")
+
+
+def ram_run(s: scenarios.Scenario, setup: str, src: Path, initrd: Path, rundir: Path,
+            verb: str) -> dict:
+    """One RAM boot, apart from the timing boots (init_on_free=1 slows the shutdown): the
+    harness's test.sh with ram-secrets.sh as its extra.sh, ended by `verb`; qemu keeps the
+    stopped guest, saves its RAM, ram.scan counts what is left, the dump is deleted."""
+    rundir.mkdir(parents=True, exist_ok=True)
+    base = stages.stack_base(s)
+    hd = rundir / "harness-test.img"
+    files = {"run.sh": common.guest_text("test.sh"),
+             "shutdown-diag.sh": common.guest_text("shutdown-diag.sh"), **ram.harness_files()}
+    dump = rundir / "test.ram"
+    disks: list[Path] = []
+
+    def setup_test() -> list[Path]:
+        # A boot repeated after an emulator fault must save its own RAM: qemu.boot_now
+        # saves only while the dump file does not exist.
+        dump.unlink(missing_ok=True)
+        disks[:] = [qemu.overlay(d, rundir / d.name) for d in stages.base_disks(src)]
+        qemu.make_harness_disk(hd, files, {"TOKEN": secrets.token_hex(16), "CAPTURE": "0",
+                                           "VERB": verb})
+        return disks + [hd]
+
+    try:
+        tb = qemu.boot_fresh(qemu.BootSpec("test", rundir, base / "vmlinuz", initrd,
+                                           f"root={s.root} ro {ram_append()}", s.timeout_test,
+                                           ram_dump=dump), setup_test)
+        found = ram.scan_and_drop(dump, tb.text) if dump.exists() else None
+    finally:
+        # Whatever happened: a dump holds the guest's secrets and 1 GiB of disk.
+        if not os.environ.get("EXITRD_VM_KEEP_RAM"):
+            dump.unlink(missing_ok=True)
+        for d in disks:
+            d.unlink(missing_ok=True)
+    fig = ram_figures(s, tb, found, verb)
+    fig["setup"] = setup
+    fig["rundir"] = str(rundir)
+    (rundir / "ram-figures.json").write_text(json.dumps(fig, indent=1) + "\n")
+    return fig
+
+
+def ram_figures(s: scenarios.Scenario, tb: qemu.Boot, found: dict | None, verb: str) -> dict:
+    """What a RAM boot planted and what its dump still held; how the boot ended."""
+    text = tb.text
+    keys, patterns = ram.planted(text)
+    msgs = logs.messages(text)
+    return {
+        "verb": verb,
+        "ended": not tb.timed_out and logs.has_line(msgs, VERBS[verb]),
+        "timed_out": tb.timed_out,
+        # Whether the guest got as far as the harness's script (which plants the secrets).
+        "harness_ran": logs.first_stamp(text, "harness: run.sh start") is not None,
+        "script_ok": checks.script_exit(tb) == "0",
+        "switched": scenarios.pinned(scenarios.SWITCH_LINES, s.release)[0] in text,
+        "md_stopped": "md: md0 stopped." in text,
+        "gave_up": any(scenarios.GAVE_UP.fullmatch(m) for m in msgs),
+        "shutdown_s": logs.shutdown_seconds(text, VERBS[verb]),
+        "wall_s": tb.wall,
+        "repeated": tb.repeated,
+        "dump_saved": found is not None,
+        "planted_keys": sorted(keys),
+        "planted_patterns": sorted(patterns),
+        # ram.scan's counts: keys by mapping (whole, first_half, second_half), patterns by
+        # kind (records planted, left, percent_left). Only what was planted is counted.
+        "keys": (found or {}).get("keys", {}),
+        "patterns": (found or {}).get("patterns", {}),
+    }
+
+
+def ram_boots(s: scenarios.Scenario, media: dict, top: Path, reps: int) -> dict:
+    """--ram-reps rounds; each boots every setup once per verb (interleaved as the timing
+    boots are, so load changes on the host hit all three alike)."""
+    out: dict = {"reps": reps, "append": ram_append(), "runs": {st: [] for st in SETUPS}}
+    for rep in range(reps):
+        for verb in VERBS:
+            for st in SETUPS:
+                src, initrd, _ = media[st]
+                say(f"RAM rep {rep + 1}/{reps}: {st}, {verb}")
+                fig = ram_run(s, st, src, initrd, top / f"ram-{verb}-{st}-{rep + 1}", verb)
+                out["runs"][st].append(fig)
+                say(f"{st} {verb}: ended={fig['ended']} dump={fig['dump_saved']} "
+                    f"keys={fig['keys']} patterns={ {k: v['percent_left'] for k, v in fig['patterns'].items()} }")
+    return out
 
 
 BENCH_LINE = re.compile(r"\[\s*(\d+\.\d+)\] harness: bench (.*)$")
@@ -332,6 +435,30 @@ def summarise(res: dict) -> dict:
             "unit_start_ms": med([(r.get("units", {}).get(unit) or {}).get("start_ms") for r in runs]),
             "boot_to_harness_s": med(g("boot_to_harness_s")),
         }
+        out[st].update(ram_summary(res, st))
+    return out
+
+
+def ram_summary(res: dict, st: str) -> dict:
+    """Per verb: the key counts (summed over the planted mappings: one here, md0_crypt) and
+    the pattern shares left, as (median, min, max) over the RAM boots; None where a boot
+    saved no dump or planted nothing of that kind."""
+    runs = res.get("ram", {}).get("runs", {}).get(st, [])
+    out: dict = {}
+    for verb in VERBS:
+        rs = [r for r in runs if r["verb"] == verb]
+        out[f"ram_n_{verb}"] = len(rs)
+        out[f"ram_dumps_{verb}"] = sum(r["dump_saved"] for r in rs)
+        for part in ("whole", "first_half", "second_half"):
+            out[f"key_{verb}_{part}"] = med([sum(k[part] for k in r["keys"].values())
+                                             if r["dump_saved"] and r["keys"] else None
+                                             for r in rs])
+        out[f"key_{verb}_total"] = med([sum(ram.key_total(k) for k in r["keys"].values())
+                                        if r["dump_saved"] and r["keys"] else None for r in rs])
+        for kind in PATTERNS:
+            out[f"pct_{verb}_{kind}"] = med([r["patterns"][kind]["percent_left"]
+                                             if r["dump_saved"] and kind in r["patterns"]
+                                             else None for r in rs])
     return out
 
 
@@ -420,6 +547,24 @@ def table(res: dict) -> tuple[str, list[tuple[str, str]]]:
         f"{pl.get('dracut_restored_kib', 'n/a')} (the whole image, unpacked)",
         f"{pl.get('exitrd_binary_bytes', 0) / 1024:.0f} (one static binary)",
         ratio(pl.get("exitrd_binary_bytes", 0) / 1024, pl.get("dracut_restored_kib")))
+    if res.get("ram"):
+        n = res["ram"]["reps"]
+        boots = f"{n} boot{'s' if n > 1 else ''} each, `{res['ram']['append']}`"
+
+        def keys(x, verb):
+            return " / ".join(fmt(x[f"key_{verb}_{p}"], nd=0)
+                              for p in ("whole", "first_half", "second_half"))
+
+        for verb, what in (("poweroff", "power-off"), ("reboot", "reboot")):
+            row(f"LUKS volume key found in RAM after {what} (count: whole key / first half / "
+                f"second half; aes-xts: two keys; {boots})",
+                keys(st, verb), keys(dr, verb), keys(ex, verb), "")
+        for kind, what in (("tmpfs", "a tmpfs file (/run)"),
+                           ("page-cache", "a file on the root (page cache)")):
+            for verb, when in (("poweroff", "power-off"), ("reboot", "reboot")):
+                k = f"pct_{verb}_{kind}"
+                row(f"% of the pattern of {what} left in RAM after {when}",
+                    fmt(st[k], " %"), fmt(dr[k], " %"), fmt(ex[k], " %"), "")
     head = ("| figure (median (min–max) over " + str(res["reps"]) + " runs) | " +
             " | ".join(LABELS[s] for s in SETUPS) + " | exitrd/dracut |\n|---|---|---|---|---|\n")
     body = "".join(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |\n" for r in rows)
@@ -462,6 +607,13 @@ def svg_chart(res: dict) -> str:
         ("/run/initramfs during uptime (MiB)", "runinitramfs_uptime_kib", 1 / 1024),
         ("initramfs image (MiB)", "image", 1 / 1048576),
     ]
+    if res.get("ram"):
+        panels += [
+            ("LUKS key in RAM after power-off (whole + halves, count)", "key_poweroff_total", 1),
+            ("LUKS key in RAM after reboot (whole + halves, count)", "key_reboot_total", 1),
+            ("tmpfs (/run) pattern left in RAM after power-off (%)", "pct_poweroff_tmpfs", 1),
+            ("page-cache pattern left in RAM after power-off (%)", "pct_poweroff_page-cache", 1),
+        ]
     colors = {"stock": "#9e9e9e", "dracut": "#d9822b", "exitrd": "#2b7bd9"}
     W, ph, top, left, barw = 760, 118, 46, 250, 420
     H = top + ph * len(panels) + 40
@@ -470,7 +622,9 @@ def svg_chart(res: dict) -> str:
          f'<rect width="{W}" height="{H}" fill="white"/>',
          f'<text x="10" y="20" font-size="15" font-weight="bold">exitrd vs dracut vs stock Debian '
          f'({html.escape(res["release"])}, lvm-luks-md, {res["reps"]} runs each, {html.escape(res["date"])})</text>',
-         '<text x="10" y="36" fill="#555">bar: median; whisker: min–max; lower is better</text>']
+         '<text x="10" y="36" fill="#555">bar: median; whisker: min–max; lower is better'
+         + (f'; RAM panels: {res["ram"]["reps"]} boot(s) per setup and verb, '
+            f'{html.escape(res["ram"]["append"])}' if res.get("ram") else "") + '</text>']
     for i, (title, key, scale) in enumerate(panels):
         y0 = top + i * ph
         o.append(f'<text x="10" y="{y0 + 16}" font-weight="bold">{html.escape(title)}</text>')
@@ -570,6 +724,8 @@ def notes(res: dict) -> str:
                       f"{(img['dracut'] - img['stock']) / 1024:+.0f} KiB against stock")
     if behind:
         n.append("Where exitrd is behind: " + "; ".join(behind) + ".")
+    if res.get("ram"):
+        n.append(ram_note(res, sm))
     n.append("The harness's two system-shutdown hooks (dm/md state, and the memory probe "
              "whose `du` walks dracut's unpacked tree) run inside the sync → power down "
              "window for every setup; they cost ~0.1–0.7 s there, most for dracut. "
@@ -579,6 +735,45 @@ def notes(res: dict) -> str:
              "guests under TCG on a shared, loaded host: compare setups within a run; the "
              "min–max spread shows the noise.")
     return "".join(f"- {x}\n" for x in n)
+
+
+def ram_note(res: dict, sm: dict) -> str:
+    """How the RAM rows were measured, and what each setup left, from the figures."""
+    r = res["ram"]
+    out = (f"RAM rows: separate boots (not the timing boots: `{r['append']}` slows the "
+           "shutdown), one per setup and verb in each of "
+           f"{r['reps']} round{'s' if r['reps'] > 1 else ''}. Each plants, as the VM test "
+           "suite does (`tests/vm/guest/ram-secrets.sh`), the LUKS volume key (read with "
+           "`cryptsetup luksDump --dump-volume-key`) and 32 MiB of records `XRD:<seed>:<n>;` "
+           "made at run time, in a file in /run (tmpfs) and one in /root (page cache); the "
+           "guest then powers off or reboots through its own shutdown, qemu keeps it stopped "
+           "(`-action reboot=shutdown,shutdown=pause`) and saves its 1 GiB of RAM, and "
+           "`tests/vm/ram.py` counts the key (whole and each half) and the records left.")
+    seen = []
+    for st in SETUPS:
+        x = sm[st]
+        parts = []
+        for v in VERBS:
+            tot = x[f"key_{v}_total"]
+            parts.append(f"no figures after {v}" if tot is None else
+                         f"the key {'found' if tot[2] > 0 else 'gone'} after {v}")
+        pat = max((x[f"pct_{v}_{k}"][2] for v in VERBS for k in PATTERNS
+                   if x[f"pct_{v}_{k}"] is not None), default=None)
+        seen.append(f"{st}: {', '.join(parts)}"
+                    + ("" if pat is None else f", at most {pat:.2f} % of a pattern left"))
+    for st in SETUPS:
+        for b in r["runs"][st]:
+            if b["ended"] and b["script_ok"]:
+                continue
+            why = ("was killed at its time limit" if b.get("timed_out")
+                   else "did not end with its verb's last kernel line")
+            if not b.get("harness_ran", True):
+                why += " before the harness's script ran (nothing planted)"
+            elif not b["script_ok"]:
+                why += "; its script failed"
+            seen.append(f"the {st} {b['verb']} RAM boot (`{Path(b['rundir']).name}`) {why}"
+                        + ("; no RAM dump" if not b["dump_saved"] else ""))
+    return out + " " + "; ".join(seen) + "."
 
 
 def render(res: dict, write_readme: bool = True) -> Path:
@@ -614,13 +809,19 @@ def render(res: dict, write_readme: bool = True) -> Path:
                     f"init_bottom_ms={r.get('init_bottom_ms')} restore_s={r.get('restore_s')} "
                     f"next_boot={r['next_boot_clean']} (`{r['rundir']}`)\n"
                     for st in SETUPS for i, r in enumerate(res["runs"][st]))
+          + "".join(f"- {st} RAM {r['verb']}: ended={r['ended']} dump={r['dump_saved']} "
+                    f"switched={r['switched']} md_stopped={r['md_stopped']} "
+                    f"shutdown_s={r['shutdown_s']} keys={json.dumps(r['keys'])} "
+                    f"patterns={json.dumps(r['patterns'])} (`{r['rundir']}`)\n"
+                    for st in SETUPS for r in res.get("ram", {}).get("runs", {}).get(st, []))
           + f"\nImages (bytes): {json.dumps(images)}\n")
     stem.with_suffix(".md").write_text(md)
     say(f"wrote {stem}.md and {stem}.svg")
     if write_readme:
         readme = REPO / "README.md"
         text = readme.read_text()
-        section = (f"## Benchmarks\n\n`sh scripts/bench` (as root; `--reps N`, default 3) "
+        section = (f"## Benchmarks\n\n`sh scripts/bench` (as root; `--reps N`, default 3, "
+                   "timing boots; `--ram-reps N`, default 1, RAM boots per setup and verb) "
                    "builds the three setups with the VM harness and writes "
                    f"`tests/bench/results/<date>-<release>.md` and `.svg`. Latest: "
                    f"[{stem.name}.md](tests/bench/results/{stem.name}.md).\n\n{body}\n"
@@ -656,7 +857,8 @@ def cmd_run(a) -> int:
             boot_initrd[st] = top / f"{st}-timed.img"
             timed_initrd(initrd, boot_initrd[st])
     res = {"date": datetime.date.today().isoformat(), "release": s.release, "reps": a.reps,
-           "command": "sh scripts/bench" + (f" --reps {a.reps}" if a.reps != 3 else ""),
+           "command": "sh scripts/bench" + (f" --reps {a.reps}" if a.reps != 3 else "")
+           + (f" --ram-reps {a.ram_reps}" if a.ram_reps != 1 else ""),
            "machine": machine(), "runs": {st: [] for st in SETUPS},
            "images": {st: media[st][2].stat().st_size for st in SETUPS},
            "kernel": (stages.rootfs(s.release).joinpath("kernel-version")).read_text().strip()}
@@ -678,6 +880,9 @@ def cmd_run(a) -> int:
             res["runs"][st].append(fig)
             say(f"{st}: clean={fig['clean']} shutdown={fig['shutdown_s']} "
                 f"total={fig['poweroff_total_s']} next_boot_clean={fig['next_boot_clean']}")
+    # The images as built: the init-bottom timing lines the timing boots get are not needed.
+    if a.ram_reps:
+        res["ram"] = ram_boots(s, media, top, a.ram_reps)
     rd = [r.get("restore_du_kib") for r in res["runs"]["dracut"] if r.get("restore_du_kib")]
     if rd:
         res["payload"]["dracut_restored_kib"] = int(statistics.median(rd))
@@ -713,6 +918,20 @@ def cmd_recompute(a) -> int:
             new = figures(s, tb, None, "", old["next_boot"])
             new["rundir"] = old["rundir"]
             res["runs"][st][i] = new
+    for st, rs in res.get("ram", {}).get("runs", {}).items():
+        for i, old in enumerate(rs):
+            rundir = Path(old["rundir"])
+            # Figures from before "timed_out" was kept: a RAM boot without a dump and without
+            # its last kernel line was killed at its limit (qemu saves the RAM whenever the
+            # guest stops by itself).
+            timed_out = old.get("timed_out", not old["dump_saved"] and not old["ended"])
+            tb = qemu.Boot("test", rundir / "test.serial.log", old.get("wall_s", 0.0),
+                           timed_out, s.timeout_test, None, repeated=old.get("repeated", ""))
+            found = (json.loads((rundir / "ram.json").read_text())
+                     if old["dump_saved"] and (rundir / "ram.json").exists() else None)
+            new = ram_figures(s, tb, found, old["verb"])
+            new.update(setup=st, rundir=old["rundir"])
+            rs[i] = new
     path.write_text(json.dumps(res, indent=1) + "\n")
     say(f"recomputed {path}")
     return cmd_render(a)
@@ -738,6 +957,13 @@ def cmd_collect(a) -> int:
     res["reps"] = min(len(v) for v in res["runs"].values())
     for st in SETUPS:
         res["runs"][st] = res["runs"][st][:res["reps"]]
+    ram_runs = {st: [json.loads(fj.read_text()) for top in tops
+                     for fj in sorted(top.glob(f"ram-*-{st}-*/ram-figures.json"))]
+                for st in SETUPS}
+    if any(ram_runs.values()):
+        res["ram"] = {"reps": min(sum(r["verb"] == v for r in rs) for rs in ram_runs.values()
+                                  for v in VERBS),
+                      "append": ram_append(), "runs": ram_runs}
     res["collected_from"] = [str(x) for x in tops]
     rd = [r.get("restore_du_kib") for r in res["runs"]["dracut"] if r.get("restore_du_kib")]
     if rd:
@@ -763,6 +989,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="boot the three setups and write the results")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--ram-reps", type=int, default=1,
+                   help="RAM boots per setup and verb (power-off, reboot); 0: none")
     p.add_argument("--release", default="trixie")
     p.add_argument("--no-readme", action="store_true", help="do not touch README.md")
     p = sub.add_parser("planner", help="time 'exitrd plan' on the largest fixture (no VM)")

@@ -5,14 +5,28 @@ searched for in the dump qemu saved, as an attacker with the machine would."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
+from .common import guest_text
 from .logs import harness_lines
 
 KEY = re.compile(r"ram: volume key of (\S+): ([0-9a-f]+)")
 PATTERN = re.compile(r"ram: pattern (\S+) (\S+) seed ([0-9a-f]{16}) records (\d+)")
 RECORD = re.compile(rb"XRD:([0-9a-f]{16}):(\d{8});")
+
+
+def harness_files(main: str | None = None) -> dict[str, str]:
+    """HARNESS disk files for a test boot that plants the secrets (ram-secrets.sh) as its
+    extra.sh, then runs the guest script text `main`, if any (a fault may end the boot, so
+    the secrets go first)."""
+    files = {"ram.sh": guest_text("ram-secrets.sh"),
+             "extra.sh": 'set -e\nsh "${HARNESS_LIB%/*}/ram.sh"\n'}
+    if main is not None:
+        files["extra-main.sh"] = main
+        files["extra.sh"] += 'sh "${HARNESS_LIB%/*}/extra-main.sh"\n'
+    return files
 
 
 def planted(text: str) -> tuple[dict[str, str], dict[str, tuple[str, str, int]]]:
@@ -51,3 +65,13 @@ def scan(dump: Path, text: str) -> dict:
 
 def key_total(c: dict) -> int:
     return c["whole"] + c["first_half"] + c["second_half"]
+
+
+def scan_and_drop(dump: Path, text: str) -> dict:
+    """scan(), then the dump (1 GiB) is deleted unless EXITRD_VM_KEEP_RAM is set: ram.json
+    keeps the counts, and a dump holds the guest's secrets."""
+    try:
+        return scan(dump, text)
+    finally:
+        if not os.environ.get("EXITRD_VM_KEEP_RAM"):
+            dump.unlink(missing_ok=True)

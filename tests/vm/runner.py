@@ -8,7 +8,6 @@ import concurrent.futures
 import dataclasses
 import datetime
 import json
-import os
 import secrets
 import shutil
 import time
@@ -85,12 +84,7 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
     hd = rundir / "harness-test.img"
     files = {"run.sh": guest_text("test.sh"), "shutdown-diag.sh": guest_text("shutdown-diag.sh")}
     if s.ram:
-        # The secrets first, then the scenario's own extra (a fault may end the boot).
-        files["ram.sh"] = guest_text("ram-secrets.sh")
-        files["extra.sh"] = 'set -e\nsh "${HARNESS_LIB%/*}/ram.sh"\n'
-        if s.test_extra:
-            files["extra-main.sh"] = guest_text(s.test_extra)
-            files["extra.sh"] += 'sh "${HARNESS_LIB%/*}/extra-main.sh"\n'
+        files.update(ram.harness_files(guest_text(s.test_extra) if s.test_extra else None))
     elif s.test_extra:
         files["extra.sh"] = guest_text(s.test_extra)
     if s.media == "base+deb" and not control:
@@ -112,10 +106,8 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
     stat(f"{label}: test boot", tb.wall)
     if dump is not None and dump.exists():
         t0 = time.monotonic()
-        tb.ram = ram.scan(dump, tb.text)
+        tb.ram = ram.scan_and_drop(dump, tb.text)
         stat(f"{label}: RAM search", time.monotonic() - t0)
-        if not os.environ.get("EXITRD_VM_KEEP_RAM"):
-            dump.unlink()
     if capture and tb.powered_off:
         tmpcap = rundir / "fixture"
         if debugfs_dump(hd, "/out/fixture", tmpcap, rdump=True):
