@@ -202,13 +202,23 @@ COLD_COST = {"lvm-luks-md@bookworm": 1500, "encrypted-lvm@bookworm": 1400,
              "nbd-root@trixie": 650, "lvm-luks-md@trixie": 450, "live@trixie": 300}
 
 
+# Runs whose boots took longest in the cold suite of 2026-12-02 (test + check boot, s).
+LONG_RUNS = {"install-running@trixie": 218, "purge@trixie": 217,
+             "nbd-server-gone@trixie (control)": 185, "fault-stalled-root@trixie": 172,
+             "fault-dm-suspended@trixie": 169, "fault-hook-hang@trixie": 147}
+
+
 def suite_order(chosen: list[Scenario]) -> list[tuple[Scenario, bool]]:
     jobs = [(s, c) for s in chosen for c in ((False, True) if s.control else (False,))]
     first: dict[tuple[str, str], tuple[Scenario, bool]] = {}
     for s, c in jobs:
         first.setdefault((stack_name(s), s.release), (s, c))
     leaders = sorted(first.values(), key=lambda j: -COLD_COST.get(j[0].ident, 0))
-    return leaders + [j for j in jobs if j not in leaders]
+    # The rest longest first, so that no long run is left alone in one slot at the end
+    # (stable: declaration order otherwise).
+    rest = sorted((j for j in jobs if j not in leaders),
+                  key=lambda j: -LONG_RUNS.get(f"{j[0].ident}{' (control)' if j[1] else ''}", 0))
+    return leaders + rest
 
 
 def prepare(chosen: list[Scenario]) -> int:
