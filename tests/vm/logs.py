@@ -16,9 +16,25 @@ def clean_log(text: str) -> str:
     return ANSI.sub("", text)
 
 
-def stamped(text: str) -> list[tuple[float | None, str]]:
+# A kernel line printed into the middle of a console line (exitrd writes its console
+# copy itself; when the kernel's console output cuts in, the rest of that copy may be
+# dropped: exitrd's console writes are bounded, never blocking).
+EMBEDDED_STAMP = re.compile(r"(?<=\S)(?=\[\s*\d+\.\d+\] )")
+
+
+def split_lines(text: str) -> list[tuple[str, bool]]:
+    """The log's lines, a line with a kernel line printed into it split in two: (line,
+    True) for the cut-off console fragment before it, (line, False) otherwise."""
     out = []
     for line in text.splitlines():
+        parts = EMBEDDED_STAMP.split(line)
+        out += [(p, i < len(parts) - 1) for i, p in enumerate(parts)]
+    return out
+
+
+def stamped(text: str) -> list[tuple[float | None, str]]:
+    out = []
+    for line, _ in split_lines(text):
         m = STAMP.match(line)
         out.append((float(m.group(1)), m.group(2)) if m else (None, line))
     return out
@@ -94,7 +110,11 @@ def exitrd_console_and_kernel_lines(text: str) -> tuple[list[str], list[str]]:
     start = re.compile(r"exitrd: exitrd \S+ running as PID 1: .*")
     console: list[str] = []
     kernel: list[str] = []
-    for ts, msg in stamped(text):
+    for line, fragment in split_lines(text):
+        if fragment:
+            continue   # a console copy cut short: not a whole line exitrd wrote
+        m = STAMP.match(line)
+        ts, msg = (float(m.group(1)), m.group(2)) if m else (None, line)
         into = console if ts is None else kernel
         if into or start.fullmatch(msg):
             if msg.startswith("exitrd: "):
