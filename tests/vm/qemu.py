@@ -402,6 +402,10 @@ def boot_fresh(spec: BootSpec, setup) -> Boot:
 
 # --------------------------------------------------------------------------- disks
 
+# What a value written into a guest's shell env or GRUB's grub.cfg (single-quoted) may hold.
+SAFE_VALUE = re.compile(r"[A-Za-z0-9_./ :=,+-]*")
+
+
 def make_harness_disk(path: Path, files: dict[str, Path | str | bytes], env: dict[str, str],
                       size: str = "300M") -> None:
     """An ext4 image labelled HARNESS holding run.sh, lib.sh, env and other inputs."""
@@ -418,7 +422,7 @@ def make_harness_disk(path: Path, files: dict[str, Path | str | bytes], env: dic
                 dst.write_text(src)
         lines = []
         for k, v in env.items():
-            if not re.fullmatch(r"[A-Za-z0-9_./ :=,+-]*", v):
+            if not SAFE_VALUE.fullmatch(v):
                 raise ValueError(f"unsafe env value for {k}: {v!r}")
             lines.append(f"{k}='{v}'\n")
         (root / "env").write_text("".join(lines))
@@ -431,7 +435,7 @@ def make_harness_disk(path: Path, files: dict[str, Path | str | bytes], env: dic
 def grub_args(harness: Path, args: str) -> None:
     """Writes grub.cfg onto the HARNESS image: the kernel arguments a UEFI stack's GRUB
     adds for this boot (its 05_exitrd_harness snippet sources the file)."""
-    if not re.fullmatch(r"[A-Za-z0-9_./ :=,+-]*", args):
+    if not SAFE_VALUE.fullmatch(args):
         raise ValueError(f"unsafe kernel arguments for GRUB: {args!r}")
     with tempfile.NamedTemporaryFile("w", dir=harness.parent, suffix=".grub.cfg") as f:
         f.write(f"set harness_args='{args.strip()}'\n")
