@@ -211,7 +211,7 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
     if repair && live && repairable(&s) {
         let target = std::path::Path::new("/run/initramfs");
         match crate::payload::prepare_installed(
-            std::path::Path::new(crate::payload::INSTALLED_HOOK),
+            std::path::Path::new(crate::payload::PAYLOAD_BUILDER),
             target,
         ) {
             Ok(summary) => eprintln!("exitrd: repaired: {summary}"),

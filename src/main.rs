@@ -49,7 +49,9 @@ fn main() {
         } => match match (&payload, &from) {
             (Some(dir), _) => payload::prepare(dir, &target),
             (None, Some(image)) => payload::prepare_from_image(image, &target),
-            (None, None) => payload::prepare_installed(Path::new(payload::INSTALLED_HOOK), &target),
+            (None, None) => {
+                payload::prepare_installed(Path::new(payload::PAYLOAD_BUILDER), &target)
+            }
         } {
             Ok(summary) => {
                 eprintln!("exitrd: {summary}");

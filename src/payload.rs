@@ -228,6 +228,23 @@ pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
     ))
 }
 
+/// dracut's request to its `dracut-shutdown.service`: with this file in /run/initramfs,
+/// the unit unpacks dracut's whole image there at shutdown, over the payload (and, out of
+/// room in this small tmpfs, then deletes `shutdown`). exitrd takes that place, so the
+/// request is not carried over. (The package's drop-in for that unit makes it stand
+/// aside too; this covers a unit that started before the payload came.)
+pub const DRACUT_RESTORE_FLAG: &str = ".need_shutdown";
+
+fn drop_dracut_restore_flag(dir: &Path) -> io::Result<()> {
+    match fs::remove_file(dir.join(DRACUT_RESTORE_FLAG)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.with_context(format!(
+            "remove dracut's {DRACUT_RESTORE_FLAG} from {}",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Mounts the new tmpfs inside `holder`, fills it, and moves it onto `target`.
 /// Returns its size and whether it replaced an earlier one.
 fn fill_and_switch(payload: &Path, target: &Path, holder: &Path) -> io::Result<(u64, bool)> {
@@ -254,6 +271,7 @@ fn fill_and_switch(payload: &Path, target: &Path, holder: &Path) -> io::Result<(
     copy_tree(target, &staging)
         .and_then(|()| copy_tree(payload, &staging))
         .map_err(|e| e.with_context(format!("copy into {}", staging.display())))?;
+    drop_dracut_restore_flag(&staging)?;
     // An earlier exitrd tmpfs is dropped right before the new one takes its place (it
     // cannot be moved aside from its shared parent either); the gap is one syscall.
     let replacing = is_mount_point(target);
@@ -275,18 +293,20 @@ fn fill_and_switch(payload: &Path, target: &Path, holder: &Path) -> io::Result<(
     Ok((size, replacing))
 }
 
-/// The initramfs-tools hook that builds the payload into an image.
-pub const INSTALLED_HOOK: &str = "/usr/share/initramfs-tools/hooks/exitrd";
+/// The script that builds the payload into an image, for initramfs-tools' hook and
+/// dracut's module alike (its only argument: the image's root, `DESTDIR`).
+pub const PAYLOAD_BUILDER: &str = "/usr/lib/exitrd/build-payload";
 
 /// Builds the payload from the installed files, exactly as it goes into an initramfs
-/// image: by running the package's initramfs-tools hook with `DESTDIR` set to a scratch
-/// directory. Returns the scratch directory; the payload is its `exitrd/` subdirectory.
+/// image: by running the package's payload builder on a scratch directory. Returns the
+/// scratch directory; the payload is its `exitrd/` subdirectory.
 pub fn assemble_installed(hook: &Path, scratch_parent: &Path) -> io::Result<PathBuf> {
     let scratch = scratch_parent.join(format!(".exitrd-build-{}", std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch)?;
     let out = std::process::Command::new("sh")
         .arg(hook)
+        .arg(&scratch)
         .env("DESTDIR", &scratch)
         .env("verbose", "n")
         .output()

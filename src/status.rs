@@ -25,6 +25,8 @@ pub struct Check {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub ready: bool,
+    /// The initramfs builder found on the system (`initramfs-tools`, `dracut`), if any.
+    pub builder: Option<&'static str>,
     pub installed_version: String,
     pub payload_version: Option<String>,
     pub checks: Vec<Check>,
@@ -66,6 +68,134 @@ fn payload_has_tool(dir: &Path, tool: &str) -> bool {
     ["usr/sbin", "sbin", "usr/bin", "bin"]
         .iter()
         .any(|d| dir.join(d).join(tool).is_file())
+}
+
+/// An initramfs builder exitrd works with: the file that shows it is installed, and
+/// exitrd's file that adds the payload to its images.
+struct Builder {
+    name: &'static str,
+    program: &'static str,
+    integration: &'static str,
+    what: &'static str,
+}
+
+const BUILDERS: [Builder; 2] = [
+    Builder {
+        name: "initramfs-tools",
+        program: "usr/sbin/mkinitramfs",
+        integration: "usr/share/initramfs-tools/hooks/exitrd",
+        what: "exitrd's hook",
+    },
+    Builder {
+        name: "dracut",
+        program: "usr/bin/dracut",
+        integration: "usr/lib/dracut/modules.d/90exitrd/module-setup.sh",
+        what: "exitrd's dracut module",
+    },
+];
+
+/// The dracut configuration files, in the order dracut reads them (later wins).
+fn dracut_conf_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = vec![root.join("etc/dracut.conf")];
+    for dir in ["usr/lib/dracut/dracut.conf.d", "etc/dracut.conf.d"] {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        found.retain(|p| p.extension().is_some_and(|x| x == "conf"));
+        found.sort();
+        files.extend(found);
+    }
+    files
+}
+
+/// The dracut configuration file that omits the exitrd module, if one does.
+fn dracut_omits_exitrd(root: &Path) -> Option<PathBuf> {
+    dracut_conf_files(root).into_iter().find(|f| {
+        std::fs::read_to_string(f).is_ok_and(|text| {
+            text.lines()
+                .map(str::trim_start)
+                .filter(|l| l.starts_with("omit_dracutmodules"))
+                .any(|l| {
+                    l.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
+                        .any(|w| w == "exitrd")
+                })
+        })
+    })
+}
+
+/// Which builder makes the images, and whether they will carry the payload. The payload
+/// in /run/initramfs is checked apart; this says what the next boots will bring.
+fn builder_check(root: &Path) -> (Option<&'static str>, Check) {
+    let found: Vec<&Builder> = BUILDERS
+        .iter()
+        .filter(|b| root.join(b.program).exists())
+        .collect();
+    let Some(first) = found.first() else {
+        return (
+            None,
+            Check {
+                name: "builder",
+                ok: false,
+                detail: "no initramfs builder found (neither initramfs-tools nor dracut):                          no image will carry the payload"
+                    .into(),
+                fix: Some("apt install initramfs-tools   # or: apt install dracut".into()),
+            },
+        );
+    };
+    let names: Vec<&str> = found.iter().map(|b| b.name).collect();
+    if let Some(b) = found.iter().find(|b| !root.join(b.integration).exists()) {
+        return (
+            Some(first.name),
+            Check {
+                name: "builder",
+                ok: false,
+                detail: format!(
+                    "{} builds the initramfs, but {} is missing (/{}): its images carry no payload",
+                    b.name, b.what, b.integration
+                ),
+                fix: Some(format!(
+                    "apt install --reinstall exitrd   # then: {}",
+                    rebuild_command(b.name)
+                )),
+            },
+        );
+    }
+    let mut detail = format!(
+        "{} builds the initramfs; {} adds the payload to its images",
+        names.join(" and "),
+        found
+            .iter()
+            .map(|b| b.what)
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
+    if names.contains(&"dracut") {
+        match dracut_omits_exitrd(root) {
+            Some(conf) => {
+                detail = format!(
+                    "dracut builds the initramfs, but {} omits the exitrd module: its images                      carry no payload, exitrd.service puts it in place after each boot",
+                    conf.strip_prefix(root).map_or(conf.clone(), |p| Path::new("/").join(p)).display()
+                )
+            }
+            None => detail.push_str("; dracut's own shutdown (dracut-shutdown.service) stands aside"),
+        }
+    }
+    (
+        Some(first.name),
+        Check {
+            name: "builder",
+            ok: true,
+            detail,
+            fix: None,
+        },
+    )
+}
+
+fn rebuild_command(builder: &str) -> &'static str {
+    match builder {
+        "dracut" => "dracut -f",
+        _ => "update-initramfs -u",
+    }
 }
 
 /// Runs every check against the system below `root` (`/` on a live machine).
@@ -138,6 +268,21 @@ pub fn check(root: &Path, payload_runnable: bool) -> std::io::Result<Status> {
         fix: (!ok).then(|| PREPARE.to_string()),
     });
 
+    // 2b. On dracut systems: dracut's request to unpack its image into /run/initramfs at
+    //     shutdown, which would write over the payload (exitrd prepare drops it).
+    let flag = dir.join(crate::payload::DRACUT_RESTORE_FLAG);
+    if executable && flag.exists() {
+        checks.push(Check {
+            name: "dracut-restore",
+            ok: false,
+            detail: format!(
+                "{} is set: dracut-shutdown.service may unpack dracut's image over the payload at shutdown",
+                flag.display()
+            ),
+            fix: Some(format!("rm {}", flag.display())),
+        });
+    }
+
     // 3. Tools the storage needs are in the payload.
     let missing: Vec<String> = needed_tools(&topo)
         .into_iter()
@@ -184,8 +329,13 @@ pub fn check(root: &Path, payload_runnable: bool) -> std::io::Result<Status> {
         fix: None,
     });
 
+    // 5. The builder of the next images, and whether they will carry the payload.
+    let (builder, builder_check) = builder_check(root);
+    checks.push(builder_check);
+
     Ok(Status {
         ready: checks.iter().all(|c| c.ok),
+        builder,
         installed_version: installed,
         payload_version: version,
         checks,
@@ -203,5 +353,102 @@ pub fn print_human(s: &Status) {
         if let Some(fix) = &c.fix {
             println!("       fix: {fix}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn root(name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let r = std::env::temp_dir().join(format!("exitrd-status-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&r);
+        for (path, text) in files {
+            let p = r.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        }
+        fs::create_dir_all(&r).unwrap();
+        r
+    }
+
+    #[test]
+    fn names_the_builder_and_whether_its_images_carry_the_payload() {
+        let r = root(
+            "itools",
+            &[
+                ("usr/sbin/mkinitramfs", ""),
+                ("usr/share/initramfs-tools/hooks/exitrd", ""),
+            ],
+        );
+        let (b, c) = builder_check(&r);
+        assert_eq!(b, Some("initramfs-tools"));
+        assert!(c.ok, "{}", c.detail);
+        assert!(
+            c.detail.starts_with("initramfs-tools builds"),
+            "{}",
+            c.detail
+        );
+
+        let r = root("dracut", &[("usr/bin/dracut", "")]);
+        let (b, c) = builder_check(&r);
+        assert_eq!(b, Some("dracut"));
+        assert!(!c.ok);
+        assert!(
+            c.detail.contains("exitrd's dracut module is missing"),
+            "{}",
+            c.detail
+        );
+        assert!(c.fix.unwrap().contains("dracut -f"));
+
+        let module = "usr/lib/dracut/modules.d/90exitrd/module-setup.sh";
+        let r = root("dracut-ok", &[("usr/bin/dracut", ""), (module, "")]);
+        let (_, c) = builder_check(&r);
+        assert!(c.ok, "{}", c.detail);
+        assert!(
+            c.detail.contains("dracut-shutdown.service) stands aside"),
+            "{}",
+            c.detail
+        );
+
+        let r = root(
+            "dracut-omit",
+            &[
+                ("usr/bin/dracut", ""),
+                (module, ""),
+                ("etc/dracut.conf.d/10-x.conf", "hostonly=yes\n"),
+                (
+                    "etc/dracut.conf.d/90-no-exitrd.conf",
+                    "omit_dracutmodules+=\" exitrd \"\n",
+                ),
+            ],
+        );
+        let (_, c) = builder_check(&r);
+        assert!(c.ok);
+        assert!(
+            c.detail
+                .contains("/etc/dracut.conf.d/90-no-exitrd.conf omits the exitrd module"),
+            "{}",
+            c.detail
+        );
+
+        let r = root("none", &[]);
+        let (b, c) = builder_check(&r);
+        assert_eq!(b, None);
+        assert!(!c.ok);
+        assert!(c.fix.unwrap().starts_with("apt install"));
+    }
+
+    #[test]
+    fn an_omitted_module_is_read_as_a_word_not_a_substring() {
+        let r = root(
+            "omit-other",
+            &[(
+                "etc/dracut.conf",
+                "omit_dracutmodules+=\" exitrd-extra plymouth \"\n",
+            )],
+        );
+        assert_eq!(dracut_omits_exitrd(&r), None);
     }
 }

@@ -22,6 +22,8 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
     fs::copy(env!("CARGO_BIN_EXE_exitrd"), payload.join("exitrd")).unwrap();
     symlink("exitrd", payload.join("shutdown")).unwrap();
     fs::write(target.join("fsck.log"), "kept").unwrap();
+    // dracut's request to unpack its image here at shutdown: exitrd takes that place.
+    fs::write(target.join(".need_shutdown"), "").unwrap();
 
     let prepare = || {
         Command::new(env!("CARGO_BIN_EXE_exitrd"))
@@ -48,6 +50,10 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
     );
     assert!(line.contains("mode=700"), "{line}");
     assert_eq!(fs::read_to_string(target.join("fsck.log")).unwrap(), "kept");
+    assert!(
+        !target.join(".need_shutdown").exists(),
+        "dracut's restore flag carried over"
+    );
     assert_eq!(
         fs::read_link(target.join("shutdown")).unwrap(),
         Path::new("exitrd")

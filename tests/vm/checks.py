@@ -271,10 +271,17 @@ def checks_control(s: Scenario, b: Boot, cb: Boot | None, token: str) -> list[Ch
                 and has_line(msgs, "reboot: Restarting system"))
     c = [Check(f"VM {'rebooted' if s.verb == 'reboot' else 'powered off'} by itself",
                b.powered_off or rebooted, b.why_not_off()),
-         Check("test boot script exited 0", rc == "0", f"run.sh exit={rc}"),
-         Check("no switch into an exitrd", not any(has_line(msgs, l) for l in switch),
-               "switched"),
-         Check(f"systemd gave up: '{unable}'", has_line(msgs, unable), "absent")]
+         Check("test boot script exited 0", rc == "0", f"run.sh exit={rc}")]
+    if s.control_switches:
+        missing = [l for l in switch if not has_line(msgs, l)]
+        c.append(Check("systemd switched into the stock shutdown initramfs", not missing,
+                       f"missing: {missing}"))
+    else:
+        c += [Check("no switch into an exitrd", not any(has_line(msgs, l) for l in switch),
+                    "switched"),
+              Check(f"systemd gave up: '{unable}'", has_line(msgs, unable), "absent")]
+    for l in s.control_expect:
+        c.append(Check(f"control log has '{l}'", has_line(msgs, l), "absent"))
     if cb is not None:
         cmsgs = messages(cb.text)
         c.append(Check("check boot powered off", cb.powered_off, cb.why_not_off()))

@@ -20,7 +20,7 @@ from .common import CACHE, guest_text, indent, say, stat
 from .logs import harness_lines, shutdown_seconds, stamped
 from .qemu import Boot, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
 from .scenarios import TIMEOUT_CHECK, Scenario
-from .stages import find_deb, nbd_of, prune, stack_base, stack_name, stack_pkg
+from .stages import find_deb, nbd_of, prune, stack_name, stack_pkg, stack_plain
 
 
 # --------------------------------------------------------------------------- a test run
@@ -64,11 +64,11 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
     rundir = CACHE / "runs" / f"{stamp}-{s.name}-{s.release}{'-control' if control else ''}"
     rundir.mkdir(parents=True, exist_ok=True)
     try:
-        base = stack_base(s)
+        base, plain_initrd = stack_plain(s)
         if control or s.media == "base+deb":
-            src, initrd = base, base / "initrd-plain.img"
+            src, initrd = base, plain_initrd
         elif s.media == "pkg-plain":
-            src, initrd = stack_pkg(s, find_deb()), base / "initrd-plain.img"
+            src, initrd = stack_pkg(s, find_deb()), plain_initrd
         else:
             src = stack_pkg(s, find_deb())
             initrd = src / "initrd-exitrd.img"
@@ -212,7 +212,7 @@ def suite_order(chosen: list[Scenario]) -> list[tuple[Scenario, bool]]:
     jobs = [(s, c) for s in chosen for c in ((False, True) if s.control else (False,))]
     first: dict[tuple[str, str], tuple[Scenario, bool]] = {}
     for s, c in jobs:
-        first.setdefault((stack_name(s), s.release), (s, c))
+        first.setdefault((stack_name(s), s.builder, s.release), (s, c))
     leaders = sorted(first.values(), key=lambda j: -COLD_COST.get(j[0].ident, 0))
     # The rest longest first, so that no long run is left alone in one slot at the end
     # (stable: declaration order otherwise).
@@ -228,7 +228,7 @@ def prepare(chosen: list[Scenario]) -> int:
     t0 = time.monotonic()
     prune()
     leaders = [s for s, _ in suite_order(chosen)]
-    stacks = list({(stack_name(s), s.release): s for s in leaders}.values())
+    stacks = list({(stack_name(s), s.builder, s.release): s for s in leaders}.values())
     deb = find_deb() if any(not s.live for s in stacks) else None
     qemu.PARALLEL = qemu.VM_SLOTS > 1
 
@@ -236,7 +236,7 @@ def prepare(chosen: list[Scenario]) -> int:
         common.CONTEXT.priority = priority
         common.CONTEXT.label = f"prepare {s.ident}"
         try:
-            stack_base(s)
+            stack_plain(s)
             if deb is not None or s.live:
                 stack_pkg(s, deb)
             return ""

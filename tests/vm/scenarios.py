@@ -112,6 +112,10 @@ class Scenario:
     # medium on the host with the installer script (base: without the package; pkg: with it).
     live: bool = False
     control_gave_up: str | None = None   # Rx of systemd giving up in the control
+    # The stock shutdown of this stack pivots too (dracut's own, where dracut asked for
+    # it): the control's facts are then that switch and control_expect, not giving up.
+    control_switches: bool = False
+    control_expect: tuple[str, ...] = ()  # lines the control's test boot must have
     expect_order: tuple[str, ...] = ()   # lines the test boot's log has in this order
     # Where the kernel may take either of several paths (a race the harness cannot pin
     # down), the log must hold every line of exactly one of these; the summary names it.
@@ -142,6 +146,9 @@ class Scenario:
     # stack's ESP, GRUB loads the kernel and initramfs from its /boot, instead of qemu
     # -kernel with the initramfs saved by the stage. root= comes from GRUB's grub.cfg.
     uefi: bool = False
+    # The initramfs builder: "dracut" converts the stack to Debian's dracut (the dracut
+    # stage): the control is dracut's own shutdown, the test boot exitrd's dracut module.
+    builder: str = "initramfs-tools"
 
     @property
     def ident(self) -> str:
@@ -194,6 +201,44 @@ scenario(releases=("trixie",), **LVM_LUKS_MD, **LVM_LUKS_MD_RUN)
 scenario(releases=("bookworm",), **{**LVM_LUKS_MD,
                                     "closed_by_exitrd": ("vg0-root", "md0_crypt", "md0")},
          **LVM_LUKS_MD_RUN)
+
+# dracut as the builder (issue 12): Debian's dracut replaces initramfs-tools on the stack
+# (the dracut stage); exitrd's dracut module puts the payload in the image and its
+# pre-pivot hook prepares /run/initramfs. status-dracut.sh records what 'exitrd status'
+# says and whether dracut-shutdown.service stood aside (the package's drop-in).
+DRACUT_STATUS = (
+    "harness: status exit 0", "harness: status: exitrd status: ready*",
+    "harness: status:   [ok] dracut builds the initramfs; exitrd's dracut module adds the "
+    "payload to its images; dracut's own shutdown (dracut-shutdown.service) stands aside",
+    "harness: dracut-shutdown.service: *ConditionResult=no*",
+    "harness: dracut: /run/initramfs/.need_shutdown is not set")
+# On lvm-luks-md dracut asks for its own shutdown (its mdraid hook sets .need_shutdown
+# when an array exists): in the control systemd pivots into dracut's image, unpacked
+# from /boot at shutdown, whose scripts take the stack apart too. The difference is who
+# does it, exitrd's inventory and the time (see the benchmark).
+scenario(name="lvm-luks-md-dracut", builder="dracut", **LVM_LUKS_MD,
+         kernel_lines=(MD0_STOPPED,), test_extra="status-dracut.sh",
+         expect=LVM_LUKS_MD_RUN["expect"] + DRACUT_STATUS,
+         control_switches=True,
+         control_expect=("harness: dracut: /run/initramfs/.need_shutdown is set",
+                         "harness: dracut-shutdown.service: *ActiveState=active*"),
+         control_fails=("exitrd inventory line", "closed (by exitrd or the kernel)",
+                        "log has 'harness: status exit 0'"))
+# One of dracut's hard cases (dracut-ng #2254): / directly on LUKS, unlocked by
+# systemd-cryptsetup in dracut's systemd initrd. No dracut module asks for its shutdown,
+# so dracut-shutdown.service unpacks nothing and systemd never pivots: the mapping stays
+# open, its key in RAM (searched after the power-off). With exitrd, the pivot happens
+# regardless of dracut's flag.
+scenario(name="luks-root-dracut", builder="dracut", installer="install-luks-root.sh",
+         disks=("4G",), check_md=False, root="/dev/mapper/root_crypt", closed=("root_crypt",),
+         test_extra="status-dracut.sh", ram=("key",),
+         expect=("exitrd: unmounted /oldroot (ext4 on /dev/mapper/root_crypt)",)
+         + DRACUT_STATUS,
+         control_gave_up=Rx(r"systemd-shutdown\[1\]: Unable to finalize remaining "
+                            r"(file systems, )?DM devices, ignoring\."),
+         control_expect=("harness: dracut: /run/initramfs/.need_shutdown is not set",),
+         control_fails=("closed (by exitrd or the kernel)", "LUKS volume keys gone from RAM",
+                        "log has 'harness: status exit 0'"))
 
 # The headline (issue 11.4): what most people with an encrypted Debian have, the layout
 # of the installer's "Guided - use entire disk and set up encrypted LVM" on a UEFI

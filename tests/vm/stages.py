@@ -3,7 +3,8 @@
   rootfs  debootstrap of a release plus the harness service        (per release)
   base    installer VM builds the scenario's stack on blank disks   (per scenario)
   pkg     the stack booted once to install exitrd.deb               (per scenario + .deb)
-  dracut  the base stack with dracut instead of initramfs-tools     (benchmarks)
+  dracut  the base stack with dracut instead of initramfs-tools
+          (scenarios with builder="dracut" and the benchmarks)
 A live scenario's base and pkg stages are its boot medium, built on the host."""
 
 from __future__ import annotations
@@ -455,10 +456,20 @@ def find_deb() -> Path:
     return p
 
 
+def stack_plain(s: Scenario) -> tuple[Path, Path]:
+    """The stack as stock Debian has it, without exitrd: its folder (disks, vmlinuz) and
+    the initramfs it boots. With builder="dracut", the stack converted to dracut."""
+    if s.builder == "dracut":
+        d = stack_dracut(s)
+        return d, d / "initrd-dracut.img"
+    base = stack_base(s)
+    return base, base / "initrd-plain.img"
+
+
 def stack_pkg(s: Scenario, deb: Path) -> Path:
     if s.live:
         return live_medium(s, deb)
-    base = stack_base(s)
+    base, plain_initrd = stack_plain(s)
     deb_sha = sha256_file(deb)
     key = key_of("pkg", base.name, deb_sha, guest_text("install-package.sh"), guest_text("lib.sh"),
                  STAGE_INIT)
@@ -473,7 +484,7 @@ def stack_pkg(s: Scenario, deb: Path) -> Path:
             return disks + [hd]
 
         b = boot_fresh(stack_spec(s, "install-package", tmp, base / "vmlinuz",
-                                  base / "initrd-plain.img", STAGE_INIT, TIMEOUT_INSTALL,
+                                  plain_initrd, STAGE_INIT, TIMEOUT_INSTALL,
                                   nbd=nbd_of(s)), setup)
         require_harness_ok(b, f"{s.ident}: package install")
         if not debugfs_dump(hd, "/out/initrd-exitrd.img", tmp / "initrd-exitrd.img"):
@@ -487,11 +498,12 @@ def stack_pkg(s: Scenario, deb: Path) -> Path:
         (tmp / "deb.sha256").write_text(f"{deb_sha}  {deb.name}\n")
         stat(f"{s.ident}: stage pkg (package install boot)", b.wall)
 
-    return cached(f"pkg-{stack_name(s)}-{s.release}", key, build)
+    return cached(f"pkg-{stack_name(s)}{'-dracut' if s.builder == 'dracut' else ''}-{s.release}",
+                  key, build)
 
 
-# Benchmarks (tests/bench): Debian's dracut in place of initramfs-tools, with its shutdown
-# module. The guests have no network: the .debs are fetched on the host in a chroot copy of
+# Debian's dracut in place of initramfs-tools, with its shutdown module: the stock
+# side of the scenarios with builder="dracut" and of the benchmarks (tests/bench). The guests have no network: the .debs are fetched on the host in a chroot copy of
 # the stack's rootfs (same sources, same dpkg state) and handed over on the HARNESS disk.
 DRACUT_PACKAGES = ("dracut", "systemd-cryptsetup")
 
@@ -519,7 +531,7 @@ def stack_dracut(s: Scenario) -> Path:
     """The base stack with dracut replacing initramfs-tools: disks and initrd-dracut.img."""
     base = stack_base(s)
     rf = rootfs_native(s.release, s.extra_packages, s.native_packages)
-    key = key_of("dracut", base.name, rf.name, MIRROR, DRACUT_PACKAGES,
+    key = key_of("dracut", base.name, rf.name, MIRROR, DRACUT_PACKAGES, "vmlinuz",
                  guest_text("install-dracut.sh"), guest_text("lib.sh"), STAGE_INIT)
 
     def build(tmp: Path) -> None:
@@ -543,6 +555,7 @@ def stack_dracut(s: Scenario) -> Path:
             raise SystemExit(f"{s.ident}: dracut stage left no initrd-dracut.img")
         hd.unlink()
         shutil.rmtree(debdir)
+        shutil.copyfile(base / "vmlinuz", tmp / "vmlinuz")
         stat(f"{s.ident}: stage dracut (dracut install boot)", b.wall)
 
     return cached(f"dracut-{stack_name(s)}-{s.release}", key, build)

@@ -16,17 +16,9 @@
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
 set -eu
-stage_system
-if [ -z "${HARNESS_UNSHARED:-}" ]; then
-	HARNESS_UNSHARED=1 exec unshare --mount --propagation private sh "$0" "$@"
-fi
+installer_start 1
 
-# shellcheck disable=SC2086 # STACK_DISKS is a list of device paths
-set -- $STACK_DISKS
-[ "$#" -eq 1 ] || die "need one disk, got: $STACK_DISKS"
-disk=$1
-target=/mnt/target
-keys=/run/harness-keys
+disk=$disk1
 vg=exitrd-vm-vg
 crypt=vda3_crypt
 
@@ -41,13 +33,7 @@ udevadm settle
 mkfs.vfat -F 32 "${disk}1" >/dev/null
 mkfs.ext4 -q "${disk}2"
 
-install -d -m 0700 "$keys"
-dd if=/dev/urandom of="$keys/root.key" bs=64 count=1 2>/dev/null
-chmod 0400 "$keys/root.key"
-cryptsetup luksFormat --batch-mode --type luks2 --pbkdf pbkdf2 \
-	--pbkdf-force-iterations 1000 --key-file "$keys/root.key" "${disk}3"
-cryptsetup open --key-file "$keys/root.key" "${disk}3" "$crypt"
-luks_uuid=$(cryptsetup luksUUID "${disk}3")
+luks_create "${disk}3" "$crypt" root
 
 log "installer: LVM $vg: root, swap_1"
 pvcreate -q "/dev/mapper/$crypt"
@@ -84,9 +70,7 @@ echo 'UMASK=0077' >>"$target/etc/initramfs-tools/initramfs.conf"
 echo "RESUME=UUID=$(uuid "$swap_dev")" >"$target/etc/initramfs-tools/conf.d/resume"
 configure_initramfs "$target"
 
-log "installer: update-initramfs in the target"
-with_chroot "$target" update-initramfs -u -k all
-save_initrd "$target" "$OUT_INITRD"
+target_initramfs
 
 log "installer: GRUB for UEFI on the ESP, its configuration on /boot"
 cat >"$target/etc/default/grub" <<'EOF'

@@ -22,18 +22,11 @@
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
 set -eu
-stage_system
-if [ -z "${HARNESS_UNSHARED:-}" ]; then
-	HARNESS_UNSHARED=1 exec unshare --mount --propagation private sh "$0" "$@"
-fi
+installer_start 3
 
-# shellcheck disable=SC2086 # STACK_DISKS is a list of device paths
-set -- $STACK_DISKS
-[ "$#" -eq 3 ] || die "need three disks, got: $STACK_DISKS"
-slow=$1
-ssd_a=$2
-ssd_b=$3
-target=/mnt/target
+slow=$disk1
+ssd_a=$disk2
+ssd_b=$disk3
 bm_dir=/run/md-bitmap
 bm_file=$bm_dir/md1.bitmap
 
@@ -200,9 +193,7 @@ chmod 0755 "$target/etc/initramfs-tools/hooks/md-bitmap" \
 	"$target/etc/initramfs-tools/scripts/local-top/md-bitmap"
 configure_initramfs "$target"
 
-log "installer: update-initramfs in the target"
-with_chroot "$target" update-initramfs -u -k all
-save_initrd "$target" "$OUT_INITRD"
+target_initramfs
 
 log "installer: closing the stack"
 umount "$target"

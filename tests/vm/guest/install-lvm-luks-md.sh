@@ -6,32 +6,14 @@
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
 set -eu
-stage_system
-# Work in a private mount namespace: mounts made here must not propagate into the
-# namespaces of running services, where they would keep the target busy.
-if [ -z "${HARNESS_UNSHARED:-}" ]; then
-	HARNESS_UNSHARED=1 exec unshare --mount --propagation private sh "$0" "$@"
-fi
+installer_start 2
 
-# shellcheck disable=SC2086 # STACK_DISKS is a list of device paths
-set -- $STACK_DISKS
-[ "$#" -eq 2 ] || die "need two disks, got: $STACK_DISKS"
-target=/mnt/target
-keys=/run/harness-keys
-
-log "installer: md0 on $1 $2"
+log "installer: md0 on $disk1 $disk2"
 mdadm --create /dev/md0 --run --level=1 --raid-devices=2 --metadata=1.2 \
-	--bitmap=internal --assume-clean "$1" "$2" </dev/null
+	--bitmap=internal --assume-clean "$disk1" "$disk2" </dev/null
 udevadm settle
 
-log "installer: LUKS2 on md0"
-install -d -m 0700 "$keys"
-dd if=/dev/urandom of="$keys/root.key" bs=64 count=1 2>/dev/null
-chmod 0400 "$keys/root.key"
-cryptsetup luksFormat --batch-mode --type luks2 --pbkdf pbkdf2 \
-	--pbkdf-force-iterations 1000 --key-file "$keys/root.key" /dev/md0
-cryptsetup open --key-file "$keys/root.key" /dev/md0 md0_crypt
-luks_uuid=$(cryptsetup luksUUID /dev/md0)
+luks_create /dev/md0 md0_crypt root
 
 log "installer: LVM vg0/root"
 pvcreate -q /dev/mapper/md0_crypt
@@ -59,9 +41,7 @@ configure_initramfs "$target"
 } >"$target/etc/mdadm/mdadm.conf"
 log "installer: mdadm.conf: $(grep ^ARRAY "$target/etc/mdadm/mdadm.conf")"
 
-log "installer: update-initramfs in the target"
-with_chroot "$target" update-initramfs -u -k all
-save_initrd "$target" "$OUT_INITRD"
+target_initramfs
 
 log "installer: closing the stack"
 umount "$target"

@@ -7,22 +7,14 @@
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
 set -eu
-stage_system
-# Private mount namespace: the target's mounts must not leak into running services.
-if [ -z "${HARNESS_UNSHARED:-}" ]; then
-	HARNESS_UNSHARED=1 exec unshare --mount --propagation private sh "$0" "$@"
-fi
+installer_start 1
 
-# shellcheck disable=SC2086 # STACK_DISKS is a list of device paths
-set -- $STACK_DISKS
-[ "$#" -eq 1 ] || die "need one disk, got: $STACK_DISKS"
 command -v nbd-client >/dev/null || die "nbd-client is not installed in the rootfs"
-target=/mnt/target
 
-log "installer: ext4 on $1 (the NBD export)"
-mkfs.ext4 -q -L root "$1"
+log "installer: ext4 on $disk1 (the NBD export)"
+mkfs.ext4 -q -L root "$disk1"
 mkdir -p "$target"
-mount "$1" "$target"
+mount "$disk1" "$target"
 copy_rootfs "$target"
 
 # _netdev: the root needs the network (systemd orders it after network-online).
@@ -32,9 +24,7 @@ configure_initramfs "$target"
 # harness, no udev after the initramfs) still needs the driver of its HARNESS disk.
 echo virtio_blk >>"$target/etc/initramfs-tools/modules"
 
-log "installer: update-initramfs in the target"
-with_chroot "$target" update-initramfs -u -k all
-save_initrd "$target" "$OUT_INITRD"
+target_initramfs
 
 umount "$target"
 log "installer: done"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Package stage: install exitrd.deb from the HARNESS disk into the booted stack and
-# save the resulting initramfs as $OUT_INITRD.
+# save the resulting initramfs (built by initramfs-tools or dracut) as $OUT_INITRD.
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
@@ -11,8 +11,14 @@ stage_system
 # when the SCSI bus exists, which ata_piix (the PATA controller) registers. Loaded by
 # modalias, as udev does; only PCI: every device under /sys took 45 s on a busy host,
 # and the rest (input, platform, ACPI) changes nothing MODULES=dep reads here.
+# dracut's hostonly image takes the loaded modules: there every device's driver is
+# loaded (as the dracut stage did), not only PCI.
 if [ -e /run/harness-stage-system ]; then
-	cat /sys/bus/pci/devices/*/modalias | sort -u | xargs modprobe -a -b -q 2>/dev/null || :
+	if command -v dracut >/dev/null; then
+		find /sys/devices -name modalias -exec cat {} + 2>/dev/null
+	else
+		cat /sys/bus/pci/devices/*/modalias
+	fi | sort -u | xargs modprobe -a -b -q 2>/dev/null || :
 	log "package: modules loaded: $(wc -l </proc/modules)"
 fi
 
@@ -22,8 +28,23 @@ log "package: installing $(dpkg-deb -f "$HARNESS/exitrd.deb" Package Version | t
 dpkg -i "$HARNESS/exitrd.deb"
 after=$(cksum </boot/initrd.img-"$kver")
 if [ "$before" = "$after" ]; then
-	log "package: initramfs unchanged by the package, running update-initramfs -u"
-	update-initramfs -u -k "$kver"
+	if command -v update-initramfs >/dev/null; then
+		log "package: initramfs unchanged by the package, running update-initramfs -u"
+		update-initramfs -u -k "$kver"
+	else
+		log "package: initramfs unchanged by the package, running dracut -f"
+		dracut -f /boot/initrd.img-"$kver" "$kver"
+	fi
+fi
+if command -v dracut >/dev/null; then
+	lsinitrd /boot/initrd.img-"$kver" >/run/lsinitrd.txt
+	for f in exitrd/exitrd exitrd/shutdown pre-pivot/90-exitrd-prepare.sh; do
+		if grep -Eq "[ /]$f( ->|\$)" /run/lsinitrd.txt; then
+			log "package: dracut image has $f"
+		else
+			log "package: dracut image lacks $f"
+		fi
+	done
 fi
 save_initrd / "$OUT_INITRD"
 # Leave the root file system clean, as systemd's shutdown did: as PID 1 (stage_system

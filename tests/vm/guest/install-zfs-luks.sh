@@ -6,16 +6,7 @@
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
 set -eu
-stage_system
-if [ -z "${HARNESS_UNSHARED:-}" ]; then
-	HARNESS_UNSHARED=1 exec unshare --mount --propagation private sh "$0" "$@"
-fi
-
-# shellcheck disable=SC2086 # STACK_DISKS is a list of device paths
-set -- $STACK_DISKS
-[ "$#" -eq 2 ] || die "need two disks, got: $STACK_DISKS"
-target=/mnt/target
-keys=/run/harness-keys
+installer_start 2
 
 # A host id before the module loads: pools record it, and an import by a host with
 # another id then needs -f unless the pool was exported.
@@ -23,17 +14,10 @@ keys=/run/harness-keys
 modprobe zfs
 log "installer: hostid $(hostid), zfs $(cat /sys/module/zfs/version)"
 
-log "installer: ext4 root on $1"
-mkfs.ext4 -q -L root "$1"
+log "installer: ext4 root on $disk1"
+mkfs.ext4 -q -L root "$disk1"
 
-log "installer: LUKS2 on $2"
-install -d -m 0700 "$keys"
-dd if=/dev/urandom of="$keys/tank.key" bs=64 count=1 2>/dev/null
-chmod 0400 "$keys/tank.key"
-cryptsetup luksFormat --batch-mode --type luks2 --pbkdf pbkdf2 \
-	--pbkdf-force-iterations 1000 --key-file "$keys/tank.key" "$2"
-cryptsetup open --key-file "$keys/tank.key" "$2" tank_crypt
-luks_uuid=$(cryptsetup luksUUID "$2")
+luks_create "$disk2" tank_crypt tank
 
 log "installer: pool tank on tank_crypt, tank/data on /srv/tank"
 zpool create -o ashift=12 -o cachefile=/etc/zfs/zpool.cache -O mountpoint=none tank \
@@ -43,7 +27,7 @@ echo installed >/srv/tank/installed
 
 log "installer: copying the root file system"
 mkdir -p "$target"
-mount "$1" "$target"
+mount "$disk1" "$target"
 copy_rootfs "$target"
 mkdir -p "$target/srv/tank"
 [ -s "$target/etc/zfs/zpool.cache" ] || die "no zpool.cache in the target"
@@ -60,9 +44,7 @@ for u in zfs-import-cache.service zfs-mount.service zfs-import.target zfs.target
 	log "installer: $u $(systemctl --root="$target" is-enabled "$u" 2>&1 || :)"
 done
 
-log "installer: update-initramfs in the target"
-with_chroot "$target" update-initramfs -u -k all
-save_initrd "$target" "$OUT_INITRD"
+target_initramfs
 
 log "installer: closing the stack"
 umount "$target"

@@ -52,6 +52,46 @@ stage_system() {
 	log "stage: PID 1 is $(cat /proc/1/comm), udevd started, / read-write"
 }
 
+# installer_start N: how every stack installer (run without arguments) begins. The stage's system (as PID
+# 1), then a private mount namespace, the script running again inside it: the target's
+# mounts must not propagate into the namespaces of running services, where they would
+# keep it busy. Then the N blank stack disks (STACK_DISKS) as $disk1..$disk3, and the
+# installers' common paths.
+installer_start() {
+	stage_system
+	if [ -z "${HARNESS_UNSHARED:-}" ]; then
+		HARNESS_UNSHARED=1 exec unshare --mount --propagation private sh "$0"
+	fi
+	_want=$1
+	# shellcheck disable=SC2086 # STACK_DISKS is a list of device paths
+	set -- $STACK_DISKS
+	[ "$#" -eq "$_want" ] || die "need $_want disk(s), got: $STACK_DISKS"
+	# shellcheck disable=SC2034 # for the installer that sources this file
+	disk1=${1:-} disk2=${2:-} disk3=${3:-} target=/mnt/target keys=/run/harness-keys
+}
+
+# luks_create DEVICE NAME KEY: LUKS2 on DEVICE with a new random key file $keys/KEY.key
+# (cheap PBKDF: nobody types it, it is the boot's key file), opened as /dev/mapper/NAME;
+# its UUID in $luks_uuid.
+luks_create() {
+	log "installer: LUKS2 $2 on $1"
+	install -d -m 0700 "$keys"
+	dd if=/dev/urandom of="$keys/$3.key" bs=64 count=1 2>/dev/null
+	chmod 0400 "$keys/$3.key"
+	cryptsetup luksFormat --batch-mode --type luks2 --pbkdf pbkdf2 \
+		--pbkdf-force-iterations 1000 --key-file "$keys/$3.key" "$1"
+	cryptsetup open --key-file "$keys/$3.key" "$1" "$2"
+	# shellcheck disable=SC2034 # for the installer that sources this file
+	luks_uuid=$(cryptsetup luksUUID "$1")
+}
+
+# target_initramfs: build the target's initramfs in it and save it as $OUT_INITRD.
+target_initramfs() {
+	log "installer: update-initramfs in the target"
+	with_chroot "$target" update-initramfs -u -k all
+	save_initrd "$target" "$OUT_INITRD"
+}
+
 # stage_unmount: at the end of a stage boot as PID 1, unmount what stage_system mounted
 # from fstab (deepest first), so those file systems are left clean too.
 stage_unmount() {

@@ -1,0 +1,21 @@
+#!/bin/sh
+# dracut scenarios (issue 12): what 'exitrd status' says of the builder and the next
+# shutdown, and whether dracut's own shutdown unit stood aside (its drop-in from the
+# package: ConditionPathExists=!/run/initramfs/exitrd, checked when it started at boot).
+set -u
+log() { printf 'harness: %s\n' "$*" >/dev/kmsg; }
+
+if command -v exitrd >/dev/null; then
+	rc=0
+	exitrd status >/run/status.txt 2>&1 || rc=$?
+	log "status exit $rc"
+	while IFS= read -r line; do log "status: $line"; done </run/status.txt
+else
+	log "status: exitrd is not installed"
+fi
+log "dracut-shutdown.service: $(systemctl show -p ActiveState -p ConditionResult dracut-shutdown.service | tr '\n' ' ')"
+if [ -e /run/initramfs/.need_shutdown ]; then
+	log "dracut: /run/initramfs/.need_shutdown is set"
+else
+	log "dracut: /run/initramfs/.need_shutdown is not set"
+fi
