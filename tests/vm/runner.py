@@ -198,6 +198,7 @@ def print_stats(total: float) -> None:
 # boot): minutes, most for bookworm. The suite starts those first, longest first, so the
 # slow chains overlap, and every other run after them (estimates of a cold build, s).
 COLD_COST = {"lvm-luks-md@bookworm": 1500, "encrypted-lvm@bookworm": 1400,
+             "lvm-luks-md-dracut@trixie": 1000, "luks-root-dracut@trixie": 950,
              "encrypted-lvm@trixie": 900, "lvm-cache-thin@trixie": 700,
              "nbd-root@trixie": 650, "lvm-luks-md@trixie": 450, "live@trixie": 300}
 
