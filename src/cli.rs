@@ -3,7 +3,7 @@
 use crate::plan::{self, DeviceTree, PlanOptions};
 use crate::topology::Topology;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -253,6 +253,34 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
         0
     } else {
         1
+    }
+}
+
+/// `exitrd prepare`: from a payload directory (the initramfs case), from an image
+/// (`--from`), or built from the installed files. 0 prepared, 1 not.
+pub fn prepare_command(payload: Option<&Path>, from: Option<&Path>, target: &Path) -> i32 {
+    use crate::payload;
+    let started = std::time::Instant::now();
+    let result = match (payload, from) {
+        (Some(dir), _) => payload::prepare(dir, target),
+        (None, Some(image)) => payload::prepare_from_image(image, target),
+        (None, None) => payload::prepare_installed(Path::new(payload::PAYLOAD_BUILDER), target),
+    };
+    match result {
+        // The time is part of the line: the boot cost is measured from it (the benchmark
+        // reads it on the console, whichever builder ran it).
+        Ok(summary) => {
+            eprintln!("exitrd: {summary} ({} ms)", started.elapsed().as_millis());
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "exitrd: warning: could not prepare {}: {e}; the next shutdown will not \
+                 take the storage stack apart",
+                target.display()
+            );
+            1
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! /run/initramfs) it is the PID-1 shutdown runtime; as `exitrd` it takes subcommands.
 
 use clap::Parser;
-use exitrd::{cli, payload, runtime};
+use exitrd::{cli, runtime};
 use std::path::Path;
 
 fn refuse_unless_pid1() {
@@ -46,26 +46,7 @@ fn main() {
             payload,
             from,
             target,
-        } => match match (&payload, &from) {
-            (Some(dir), _) => payload::prepare(dir, &target),
-            (None, Some(image)) => payload::prepare_from_image(image, &target),
-            (None, None) => {
-                payload::prepare_installed(Path::new(payload::PAYLOAD_BUILDER), &target)
-            }
-        } {
-            Ok(summary) => {
-                eprintln!("exitrd: {summary}");
-                0
-            }
-            Err(e) => {
-                eprintln!(
-                    "exitrd: warning: could not prepare {}: {e}; the next shutdown will not \
-                     take the storage stack apart",
-                    target.display()
-                );
-                1
-            }
-        },
+        } => cli::prepare_command(payload.as_deref(), from.as_deref(), &target),
         cli::Command::CheckHook { root, hooks } => cli::check_hook_command(&root, &hooks),
         cli::Command::Shutdown { args } => {
             refuse_unless_pid1();
