@@ -5,6 +5,9 @@
 # shellcheck source=lib.sh
 . "${HARNESS_LIB:?}"
 set -eu
+# As PID 1 after dracut's systemd initrd the harness gets no PATH (initramfs-tools' init
+# exports one), and dpkg refuses to run without it.
+export PATH="${PATH:-/usr/sbin:/usr/bin:/sbin:/bin}"
 stage_system
 # As PID 1 nothing loaded the drivers of the machine's PCI devices (systemd's udev
 # coldplug did), and MODULES=dep looks at what they bring: sd_mod goes into the image
