@@ -17,7 +17,7 @@ from . import common, qemu, ram
 from .checks import (Check, checks_check_boot, checks_control, checks_test_boot,
                      control_needs_check_boot)
 from .common import CACHE, guest_text, indent, say, stat
-from .logs import harness_lines, shutdown_seconds, stamped
+from .logs import harness_lines, shutdown_excerpt, shutdown_seconds, stamped
 from .qemu import Boot, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
 from .scenarios import TIMEOUT_CHECK, Scenario
 from .stages import find_deb, nbd_of, prune, stack_name, stack_pkg, stack_plain
@@ -284,6 +284,25 @@ def suite(chosen: list[Scenario], keep: bool = False) -> int:
     print_stats(time.monotonic() - t0)
     npass = sum(r.passed for r in results)
     nrep = sum(bool(r.repeats) for r in results)
+    print_failures(results)
     print(f"{npass} passed, {len(results) - npass} failed"
           + (f"; {nrep} passed only on a repeated boot (emulator fault)" if nrep else ""))
     return 0 if npass == len(results) else 1
+
+
+def print_failures(results: list[Result]) -> None:
+    """What failed, again at the very end: a CI log shown only by its tail must still say
+    which check failed and how, with the end of that boot's shutdown."""
+    failed = [r for r in results if not r.passed]
+    if not failed:
+        return
+    print("failures (each run's full report is above, its logs in its run folder):")
+    for r in failed:
+        print(f"  {r.label}: run folder {r.rundir}")
+        if r.error:
+            print(f"    error: {r.error.splitlines()[0]}")
+        for c in r.checks:
+            if not c.ok and not c.info:
+                print(f"    FAIL {c.name}: {c.detail.splitlines()[0][:300] if c.detail else ''}")
+        if r.test is not None:
+            print(indent("\n".join(shutdown_excerpt(r.test.text).splitlines()[-25:])))
