@@ -70,11 +70,13 @@ fn payload_has_tool(dir: &Path, tool: &str) -> bool {
         .any(|d| dir.join(d).join(tool).is_file())
 }
 
-/// An initramfs builder exitrd works with: the file that shows it is installed, and
-/// exitrd's file that adds the payload to its images.
+/// An initramfs builder exitrd works with: the files that show it builds the images (its
+/// package proper, not only the tools: initramfs-tools-core's mkinitramfs and
+/// dracut-core's dracut stay when an admin switches builders), and exitrd's file that
+/// adds the payload to its images.
 struct Builder {
     name: &'static str,
-    program: &'static str,
+    installed: &'static [&'static str],
     integration: &'static str,
     what: &'static str,
 }
@@ -82,13 +84,14 @@ struct Builder {
 const BUILDERS: [Builder; 2] = [
     Builder {
         name: "initramfs-tools",
-        program: "usr/sbin/mkinitramfs",
+        installed: &["usr/sbin/update-initramfs"],
         integration: "usr/share/initramfs-tools/hooks/exitrd",
         what: "exitrd's hook",
     },
     Builder {
         name: "dracut",
-        program: "usr/bin/dracut",
+        // The kernel's hook is a conffile that outlives a removal; the program does not.
+        installed: &["usr/bin/dracut", "etc/kernel/postinst.d/dracut"],
         integration: "usr/lib/dracut/modules.d/90exitrd/module-setup.sh",
         what: "exitrd's dracut module",
     },
@@ -128,7 +131,7 @@ fn dracut_omits_exitrd(root: &Path) -> Option<PathBuf> {
 fn builder_check(root: &Path) -> (Option<&'static str>, Check) {
     let found: Vec<&Builder> = BUILDERS
         .iter()
-        .filter(|b| root.join(b.program).exists())
+        .filter(|b| b.installed.iter().all(|f| root.join(f).exists()))
         .collect();
     let Some(first) = found.first() else {
         return (
@@ -378,8 +381,11 @@ mod tests {
         let r = root(
             "itools",
             &[
+                ("usr/sbin/update-initramfs", ""),
                 ("usr/sbin/mkinitramfs", ""),
                 ("usr/share/initramfs-tools/hooks/exitrd", ""),
+                // dracut-core's program without dracut's kernel hook: not the builder
+                ("usr/bin/dracut", ""),
             ],
         );
         let (b, c) = builder_check(&r);
@@ -391,7 +397,17 @@ mod tests {
             c.detail
         );
 
-        let r = root("dracut", &[("usr/bin/dracut", "")]);
+        // After a switch: initramfs-tools-core's mkinitramfs and a kept conffile stay.
+        let kernel_hook = ("etc/kernel/postinst.d/dracut", "");
+        let r = root(
+            "dracut",
+            &[
+                ("usr/bin/dracut", ""),
+                kernel_hook,
+                ("usr/sbin/mkinitramfs", ""),
+                ("etc/kernel/postinst.d/initramfs-tools", ""),
+            ],
+        );
         let (b, c) = builder_check(&r);
         assert_eq!(b, Some("dracut"));
         assert!(!c.ok);
@@ -403,7 +419,10 @@ mod tests {
         assert!(c.fix.unwrap().contains("dracut -f"));
 
         let module = "usr/lib/dracut/modules.d/90exitrd/module-setup.sh";
-        let r = root("dracut-ok", &[("usr/bin/dracut", ""), (module, "")]);
+        let r = root(
+            "dracut-ok",
+            &[("usr/bin/dracut", ""), kernel_hook, (module, "")],
+        );
         let (_, c) = builder_check(&r);
         assert!(c.ok, "{}", c.detail);
         assert!(
@@ -416,6 +435,7 @@ mod tests {
             "dracut-omit",
             &[
                 ("usr/bin/dracut", ""),
+                kernel_hook,
                 (module, ""),
                 ("etc/dracut.conf.d/10-x.conf", "hostonly=yes\n"),
                 (
