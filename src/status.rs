@@ -201,6 +201,17 @@ fn rebuild_command(builder: &str) -> &'static str {
     }
 }
 
+/// The package's drop-in that makes dracut's own shutdown unit stand aside.
+const DRACUT_DROP_IN: &str = "usr/lib/systemd/system/dracut-shutdown.service.d/exitrd.conf";
+
+/// Whether systemd has `unit` active (its stop action will run at shutdown).
+fn unit_is_active(unit: &str) -> bool {
+    Command::new("systemctl")
+        .args(["is-active", "--quiet", unit])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Runs every check against the system below `root` (`/` on a live machine).
 /// `payload_runnable` is false for fixture trees, whose binaries must not be executed.
 pub fn check(root: &Path, payload_runnable: bool) -> std::io::Result<Status> {
@@ -272,14 +283,25 @@ pub fn check(root: &Path, payload_runnable: bool) -> std::io::Result<Status> {
     });
 
     // 2b. On dracut systems: dracut's request to unpack its image into /run/initramfs at
-    //     shutdown, which would write over the payload (exitrd prepare drops it).
+    //     shutdown, which would write over the payload. exitrd prepare drops it, but
+    //     dracut's hooks may set it again after exitrd's pre-pivot hook (mdraid's
+    //     cleanup hook does). It matters only if dracut-shutdown.service is active: the
+    //     package's drop-in makes the unit stand aside when the payload was in place at
+    //     its start (exitrd.service comes before it).
     let flag = dir.join(crate::payload::DRACUT_RESTORE_FLAG);
-    if executable && flag.exists() {
+    let restore_will_run = || {
+        if payload_runnable {
+            unit_is_active("dracut-shutdown.service")
+        } else {
+            !root.join(DRACUT_DROP_IN).exists()
+        }
+    };
+    if executable && flag.exists() && restore_will_run() {
         checks.push(Check {
             name: "dracut-restore",
             ok: false,
             detail: format!(
-                "{} is set: dracut-shutdown.service may unpack dracut's image over the payload at shutdown",
+                "{} is set and dracut-shutdown.service is active: it will unpack dracut's image over the payload at shutdown",
                 flag.display()
             ),
             fix: Some(format!("rm {}", flag.display())),
@@ -458,6 +480,33 @@ mod tests {
         assert_eq!(b, None);
         assert!(!c.ok);
         assert!(c.fix.unwrap().starts_with("apt install"));
+    }
+
+    #[test]
+    fn dracuts_restore_flag_counts_only_without_the_drop_in() {
+        let payload = [
+            ("run/initramfs/shutdown", "#!/bin/sh\n"),
+            ("run/initramfs/.need_shutdown", ""),
+            ("proc/self/mountinfo", ""),
+        ];
+        let flagged = |r: &Path| {
+            let mut perms = fs::metadata(r.join("run/initramfs/shutdown"))
+                .unwrap()
+                .permissions();
+            perms.set_mode(0o755);
+            fs::set_permissions(r.join("run/initramfs/shutdown"), perms).unwrap();
+            check(r, false)
+                .unwrap()
+                .checks
+                .iter()
+                .any(|c| c.name == "dracut-restore" && !c.ok)
+        };
+        let r = root("flag-bare", &payload);
+        assert!(flagged(&r), "no drop-in: the flag must be reported");
+        let mut with_drop_in = payload.to_vec();
+        with_drop_in.push((DRACUT_DROP_IN, "[Unit]\n"));
+        let r = root("flag-drop-in", &with_drop_in);
+        assert!(!flagged(&r), "the drop-in makes the unit stand aside");
     }
 
     #[test]
