@@ -225,6 +225,9 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
             }
         }
     }
+    if repair && live {
+        report_last_shutdown(root, &s.last_shutdown);
+    }
     if json {
         match serde_json::to_string_pretty(&s) {
             Ok(text) => println!("{text}"),
@@ -253,6 +256,31 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
         0
     } else {
         1
+    }
+}
+
+/// At boot (exitrd.service): remembers this boot's id, and once per boot puts one entry
+/// about the last shutdown into the journal; writes the node_exporter textfile if one is
+/// configured.
+fn report_last_shutdown(root: &Path, last: &crate::record::LastShutdown) {
+    use crate::record;
+    match record::remember_boot(root) {
+        Ok(true) => {
+            if let Err(e) = record::send_journal(root, &record::journal_fields(last)) {
+                eprintln!("exitrd: cannot write to the journal: {e}");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => eprintln!(
+            "exitrd: cannot remember the boot id in /{}: {e}",
+            record::BOOT_ID_FILE
+        ),
+    }
+    if let Some(file) = crate::status::config(root).node_exporter_textfile {
+        let path = root.join(file.trim_start_matches('/'));
+        if let Err(e) = record::write_atomic(&path, record::prometheus_text(last).as_bytes()) {
+            eprintln!("exitrd: cannot write {}: {e}", path.display());
+        }
     }
 }
 
