@@ -189,7 +189,7 @@ pub fn write(
             );
             return;
         }
-        match write_to(c, rec, deadline, act) {
+        match write_to(c, rec, deadline, act, Path::new(MOUNT_DIR)) {
             Ok(()) => say!(
                 "wrote the shutdown record to {} ({} on {})",
                 c.mount_point,
@@ -208,15 +208,23 @@ pub fn write(
     say!("no shutdown record: {}", refused.join("; "));
 }
 
-fn write_to(c: &Candidate, rec: &Record, deadline: &Deadline, act: Duration) -> io::Result<()> {
-    let _ = std::fs::create_dir(MOUNT_DIR);
+/// Mounts `c` on `dir`, writes the record, unmounts it.
+fn write_to(
+    c: &Candidate,
+    rec: &Record,
+    deadline: &Deadline,
+    act: Duration,
+    dir: &Path,
+) -> io::Result<()> {
+    let _ = std::fs::create_dir(dir);
     let source = format!("/dev/{}", c.device);
     let fstype = c.fstype.clone();
+    let target = dir.to_path_buf();
     let mounted = bounded(deadline.cap(act), move || {
         use nix::mount::MsFlags;
         nix::mount::mount(
             Some(source.as_str()),
-            MOUNT_DIR,
+            target.as_path(),
             Some(fstype.as_str()),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME,
             None::<&str>,
@@ -227,39 +235,100 @@ fn write_to(c: &Candidate, rec: &Record, deadline: &Deadline, act: Duration) -> 
         Outcome::Done => {}
         // A mount that did not finish may still: undo it if it did.
         Outcome::TimedOut => {
-            let _ = unmount(deadline, act);
+            let _ = unmount(deadline, act, dir);
             return Err(io::Error::other("mount timed out"));
         }
         other => return Err(io::Error::other(other.to_string())),
     }
     let text = rec.encode();
-    let file = Path::new(MOUNT_DIR).join(record::file_for(&c.fstype));
+    let file = dir.join(record::file_for(&c.fstype));
     let written = bounded(deadline.cap(act), move || {
-        let dir = file.parent().unwrap_or(Path::new(MOUNT_DIR));
-        std::fs::create_dir_all(dir)?;
+        let parent = file
+            .parent()
+            .ok_or_else(|| io::Error::other("no directory"))?;
+        std::fs::create_dir_all(parent)?;
         record::write_atomic(&file, text.as_bytes())?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::File::open(parent)?.sync_all()
     });
-    let unmounted = unmount(deadline, act);
+    let unmounted = unmount(deadline, act, dir);
     if !written.is_done() {
         return Err(io::Error::other(format!("writing: {written}")));
     }
     unmounted
 }
 
-/// Unmounts [`MOUNT_DIR`]; detaches it lazily if that does not work. Run even after the
+/// Unmounts `dir`; detaches it lazily if that does not work. Run even after the
 /// deadline, within its reserve: a file system left mounted is left dirty.
-fn unmount(deadline: &Deadline, act: Duration) -> io::Result<()> {
-    let outcome = bounded(deadline.cap_last_resort(act), || {
-        nix::mount::umount(MOUNT_DIR).map_err(io::Error::from)
+fn unmount(deadline: &Deadline, act: Duration, dir: &Path) -> io::Result<()> {
+    let d = dir.to_path_buf();
+    let outcome = bounded(deadline.cap_last_resort(act), move || {
+        nix::mount::umount(d.as_path()).map_err(io::Error::from)
     });
     if outcome.is_done() {
         return Ok(());
     }
-    let detach = bounded(deadline.cap_last_resort(act), || {
-        nix::mount::umount2(MOUNT_DIR, nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)
+    let d = dir.to_path_buf();
+    let detach = bounded(deadline.cap_last_resort(act), move || {
+        nix::mount::umount2(d.as_path(), nix::mount::MntFlags::MNT_DETACH).map_err(io::Error::from)
     });
     Err(io::Error::other(format!(
         "unmounting: {outcome}; detached lazily: {detach}"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::time::Instant;
+
+    fn sh(cmd: &str) -> String {
+        let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {:?}", out);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The real acts on a real file system: an ext4 image on a loop device is mounted,
+    /// written and unmounted as at shutdown, and the record read back whole.
+    #[test]
+    #[ignore = "needs root and loop devices: mounts an ext4 image"]
+    fn writes_the_record_to_a_real_file_system() {
+        let base = std::env::temp_dir().join(format!("exitrd-record-fs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let img = base.join("boot.img");
+        sh(&format!(
+            "truncate -s 16M {0} && mkfs.ext4 -q {0}",
+            img.display()
+        ));
+        let loopdev = sh(&format!("losetup --find --show {}", img.display()));
+        let c = Candidate {
+            mount_point: "/boot".into(),
+            device: loopdev.trim_start_matches("/dev/").to_string(),
+            fstype: "ext4".into(),
+        };
+        let rec = make(
+            "poweroff",
+            Duration::from_millis(400),
+            &Inventory::default(),
+            vec![],
+            false,
+        );
+        let deadline = Deadline::new(Instant::now(), Duration::from_secs(30));
+        let dir = base.join("mnt");
+        let result = write_to(&c, &rec, &deadline, Duration::from_secs(5), &dir);
+        let check = base.join("check");
+        std::fs::create_dir_all(&check).unwrap();
+        sh(&format!("mount -o ro {loopdev} {}", check.display()));
+        let text = std::fs::read_to_string(check.join(record::BOOT_FILE));
+        sh(&format!("umount {}; losetup -d {loopdev}", check.display()));
+        result.unwrap();
+        let back = Record::decode(&text.unwrap()).unwrap();
+        assert_eq!(back, rec);
+        assert!(back.clean);
+        // Unmounted again: nothing left on the directory.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(dir.to_str().unwrap()), "still mounted");
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }
