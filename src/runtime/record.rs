@@ -168,7 +168,7 @@ pub fn write(
     step_timeout: Duration,
 ) {
     if candidates.is_empty() {
-        say!("no shutdown record: the old root's fstab names no /boot or /boot/efi (ext2/3/4 or vfat) outside the storage stack");
+        say!("no shutdown record: the old root's fstab names no /boot or /boot/efi (ext2/3/4 or vfat)");
         return;
     }
     let mut refused: Vec<String> = Vec::new();
@@ -190,12 +190,16 @@ pub fn write(
             return;
         }
         match write_to(c, rec, deadline, act, Path::new(MOUNT_DIR)) {
-            Ok(()) => say!(
-                "wrote the shutdown record to {} ({} on {})",
-                c.mount_point,
-                c.fstype,
-                c.device
-            ),
+            Ok(()) => {
+                say!(
+                    "wrote the shutdown record to {} ({} on {})",
+                    c.mount_point,
+                    c.fstype,
+                    c.device
+                );
+                return;
+            }
+            // The next place, if there is one and time for it.
             Err(e) => say!(
                 "could not write the shutdown record to {} ({} on {}): {e}",
                 c.mount_point,
@@ -203,9 +207,10 @@ pub fn write(
                 c.device
             ),
         }
-        return;
     }
-    say!("no shutdown record: {}", refused.join("; "));
+    if !refused.is_empty() {
+        say!("no shutdown record: {}", refused.join("; "));
+    }
 }
 
 /// Mounts `c` on `dir`, writes the record, unmounts it.
