@@ -323,3 +323,19 @@ fn journal_and_node_exporter_text() {
         "{text}"
     );
 }
+
+#[test]
+fn the_journal_entry_goes_to_the_socket_below_the_root() {
+    let r = tree("journal", &[], &[]);
+    let dir = r.join("run/systemd/journal");
+    fs::create_dir_all(&dir).unwrap();
+    let sock = std::os::unix::net::UnixDatagram::bind(dir.join("socket")).unwrap();
+    let fields = vec![
+        ("MESSAGE_ID", MESSAGE_ID.to_string()),
+        ("MESSAGE", "x".into()),
+    ];
+    send_journal(&r, &fields).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], journal_datagram(&fields).as_slice());
+}
