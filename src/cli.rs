@@ -225,6 +225,9 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
             }
         }
     }
+    if repair && live {
+        report_last_shutdown(root, &s.last_shutdown);
+    }
     if json {
         match serde_json::to_string_pretty(&s) {
             Ok(text) => println!("{text}"),
@@ -253,6 +256,31 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
         0
     } else {
         1
+    }
+}
+
+/// At boot (exitrd.service): remembers this boot's id, and once per boot puts one entry
+/// about the last shutdown into the journal; writes the node_exporter textfile if one is
+/// configured.
+pub(crate) fn report_last_shutdown(root: &Path, last: &crate::record::LastShutdown) {
+    use crate::record;
+    match record::remember_boot(root) {
+        Ok(true) => {
+            if let Err(e) = record::send_journal(root, &record::journal_fields(last)) {
+                eprintln!("exitrd: cannot write to the journal: {e}");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => eprintln!(
+            "exitrd: cannot remember the boot id in /{}: {e}",
+            record::BOOT_ID_FILE
+        ),
+    }
+    if let Some(file) = crate::status::config(root).node_exporter_textfile {
+        let path = root.join(file.trim_start_matches('/'));
+        if let Err(e) = record::write_atomic(&path, record::prometheus_text(last).as_bytes()) {
+            eprintln!("exitrd: cannot write {}: {e}", path.display());
+        }
     }
 }
 
@@ -294,4 +322,36 @@ pub fn check_hook_command(root: &std::path::Path, hooks: &[PathBuf]) -> i32 {
         }
     }
     i32::from(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At boot: the boot id is remembered and the textfile written, below the root.
+    #[test]
+    fn the_boot_unit_remembers_the_boot_and_writes_the_textfile() {
+        let r = std::env::temp_dir().join(format!("exitrd-cli-boot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&r);
+        for (p, t) in [
+            ("proc/sys/kernel/random/boot_id", "this-boot\n"),
+            (
+                "etc/exitrd.conf",
+                "NODE_EXPORTER_TEXTFILE=/var/lib/prometheus/node-exporter/exitrd.prom\n",
+            ),
+        ] {
+            let f = r.join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, t).unwrap();
+        }
+        std::fs::create_dir_all(r.join("var/lib/prometheus/node-exporter")).unwrap();
+        let last = crate::record::last_shutdown(&r, &Default::default());
+        report_last_shutdown(&r, &last);
+        let id = std::fs::read_to_string(r.join(crate::record::BOOT_ID_FILE)).unwrap();
+        assert_eq!(id, "this-boot\n");
+        let prom = std::fs::read_to_string(r.join("var/lib/prometheus/node-exporter/exitrd.prom"))
+            .unwrap();
+        assert!(prom.contains("\nexitrd_last_shutdown_clean 0\n"), "{prom}");
+        let _ = std::fs::remove_dir_all(&r);
+    }
 }

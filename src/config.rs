@@ -28,6 +28,11 @@ pub struct Config {
     /// may still change (`CMDLINE_ALLOW=` in the file): anyone at the boot loader can edit
     /// the command line, so by default it cannot open a root shell or keep keys.
     pub cmdline_allow: Vec<String>,
+    /// Write the record of each shutdown to a plain /boot or the ESP (`RECORD=`).
+    pub record: bool,
+    /// Where `exitrd status --repair` (exitrd.service) writes the node_exporter textfile
+    /// about the last shutdown (`NODE_EXPORTER_TEXTFILE=`); none by default.
+    pub node_exporter_textfile: Option<String>,
 }
 
 impl Default for Config {
@@ -41,6 +46,8 @@ impl Default for Config {
             break_shell: false,
             shell_timeout: Duration::from_secs(300),
             cmdline_allow: Vec::new(),
+            record: true,
+            node_exporter_textfile: None,
         }
     }
 }
@@ -145,6 +152,13 @@ impl Config {
             }
             "wipe_keys" => self.wipe_keys = parse_bool(value).ok_or_else(bad)?,
             "debug" => self.debug = parse_bool(value).ok_or_else(bad)?,
+            "record" => self.record = parse_bool(value).ok_or_else(bad)?,
+            "node_exporter_textfile" => {
+                if !(value.is_empty() || value.starts_with('/')) {
+                    return Err(format!("{key}: {value:?} is not an absolute path"));
+                }
+                self.node_exporter_textfile = (!value.is_empty()).then(|| value.to_string());
+            }
             "break" => match value {
                 "shell" => self.break_shell = true,
                 "" | "no" | "none" => self.break_shell = false,
@@ -226,6 +240,21 @@ mod tests {
         assert_eq!(c.step_timeout, Duration::from_secs(5));
         assert_eq!(c.kill_grace, Duration::from_millis(1500));
         assert!(!c.wipe_keys);
+        assert!(c.record && c.node_exporter_textfile.is_none());
+        assert!(c
+            .apply_file(
+                "RECORD=no\nNODE_EXPORTER_TEXTFILE=/var/lib/prometheus/node-exporter/exitrd.prom\n"
+            )
+            .is_empty());
+        assert!(!c.record);
+        assert_eq!(
+            c.node_exporter_textfile.as_deref(),
+            Some("/var/lib/prometheus/node-exporter/exitrd.prom")
+        );
+        assert_eq!(
+            c.apply_file("NODE_EXPORTER_TEXTFILE=relative.prom\n").len(),
+            1
+        );
         let problems = c.apply_cmdline("root=/dev/vda ro exitrd.timeout=20 exitrd.debug quiet");
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(c.timeout, Duration::from_secs(20));

@@ -8,6 +8,7 @@ pub mod hookcheck;
 pub mod initrd;
 pub mod payload;
 pub mod plan;
+pub mod record;
 pub mod runtime;
 pub mod status;
 pub mod teardown;

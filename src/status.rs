@@ -5,7 +5,9 @@
 //! broken `/run/initramfs/shutdown`), so this is the only place an admin learns it before
 //! months of unclean shutdowns show up in SMART counters and resyncs.
 
+use crate::config::Config;
 use crate::plan::{self, PlanOptions};
+use crate::record::{self, LastShutdown};
 use crate::topology::mountinfo::Mount;
 use crate::topology::Topology;
 use serde::Serialize;
@@ -30,6 +32,9 @@ pub struct Status {
     pub installed_version: String,
     pub payload_version: Option<String>,
     pub checks: Vec<Check>,
+    /// What the record of the last shutdown says (always present; `recorded: false` with
+    /// a reason when there is none).
+    pub last_shutdown: LastShutdown,
 }
 
 /// Where systemd-shutdown looks, below `root`.
@@ -358,13 +363,33 @@ pub fn check(root: &Path, payload_runnable: bool) -> std::io::Result<Status> {
     let (builder, builder_check) = builder_check(root);
     checks.push(builder_check);
 
+    let mut last_shutdown = record::last_shutdown(root, &topo.devices);
+    if !config(root).record {
+        let why = "no record of the last shutdown: turned off (RECORD=no in /etc/exitrd.conf)";
+        last_shutdown.recorded = false;
+        last_shutdown.clean = None;
+        last_shutdown.record = None;
+        last_shutdown.summary = why.into();
+        last_shutdown.reason = Some(why.into());
+    }
+
     Ok(Status {
         ready: checks.iter().all(|c| c.ok),
+        last_shutdown,
         builder,
         installed_version: installed,
         payload_version: version,
         checks,
     })
+}
+
+/// The settings in `root/etc/exitrd.conf` (its problems are the shutdown's to report).
+pub fn config(root: &Path) -> Config {
+    let mut cfg = Config::default();
+    if let Ok(bytes) = std::fs::read(root.join("etc/exitrd.conf")) {
+        let _ = cfg.apply_file(&String::from_utf8_lossy(&bytes));
+    }
+    cfg
 }
 
 pub fn print_human(s: &Status) {
@@ -379,6 +404,7 @@ pub fn print_human(s: &Status) {
             println!("       fix: {fix}");
         }
     }
+    println!("{}", s.last_shutdown.summary);
 }
 
 #[cfg(test)]

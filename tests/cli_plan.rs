@@ -324,3 +324,24 @@ fn storage_tree_shows_zfs_pools_and_the_devices_no_mount_is_built_on() {
         assert!(not_mounted(&storage).is_empty(), "{name}: {storage:#?}");
     }
 }
+
+/// `exitrd status --json` always has `last_shutdown`; a tree without /boot or an ESP in
+/// its fstab has no place for a record, and says so.
+#[test]
+fn status_json_always_has_the_last_shutdown() {
+    let root = fixture("lvm-luks-md");
+    let out = Command::new(env!("CARGO_BIN_EXE_exitrd"))
+        .args(["status", "--json", "--root", root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = &doc["last_shutdown"];
+    assert_eq!(last["recorded"], false, "{last}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no place for a record"),
+        "{last}"
+    );
+}

@@ -111,6 +111,31 @@ fn log_outcome(step: &Step, outcome: &Outcome) {
     say!("{}", step.describe_done());
 }
 
+/// What the log said held what (subject: a mount point or a device's name; the line),
+/// for the shutdown record.
+static BLOCKERS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn remember_blocker(subject: &str, line: String) {
+    if let Ok(mut v) = BLOCKERS.lock() {
+        if v.len() < 64 && !v.iter().any(|(_, l)| *l == line) {
+            v.push((subject.to_string(), line));
+        }
+    }
+}
+
+/// The lines about what held `subjects` (mount points or device names), as logged.
+pub fn blockers_of(subjects: &[String]) -> Vec<String> {
+    BLOCKERS
+        .lock()
+        .map(|v| {
+            v.iter()
+                .filter(|(s, _)| subjects.contains(s))
+                .map(|(_, l)| l.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// After a failed step, say who holds it: processes for a file system, holders and
 /// mounts for a device.
 fn name_blockers(step: &Step) {
@@ -122,6 +147,10 @@ fn name_blockers(step: &Step) {
             let blockers = procs::blockers(mount_point.as_lossy_str(), &mount_points);
             for b in blockers.iter().take(10) {
                 say!("  {mount_point} is held by {b}");
+                remember_blocker(
+                    mount_point.as_lossy_str(),
+                    format!("{mount_point} is held by {b}"),
+                );
             }
         }
         other => {
@@ -132,6 +161,10 @@ fn name_blockers(step: &Step) {
                 for h in &d.holders {
                     let name = topo.devices.get(h).map(|x| x.display_name()).unwrap_or(h);
                     say!("  {} is held by device {name}", d.display_name());
+                    remember_blocker(
+                        d.display_name(),
+                        format!("{} is held by device {name}", d.display_name()),
+                    );
                 }
                 for m in topo
                     .mounts
@@ -139,6 +172,10 @@ fn name_blockers(step: &Step) {
                     .filter(|m| m.is_block_backed() && (m.major, m.minor) == (d.major, d.minor))
                 {
                     say!("  {} is mounted on {}", d.display_name(), m.mount_point);
+                    remember_blocker(
+                        d.display_name(),
+                        format!("{} is mounted on {}", d.display_name(), m.mount_point),
+                    );
                 }
             }
         }

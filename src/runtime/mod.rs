@@ -23,6 +23,7 @@ pub mod hooks;
 pub mod log;
 pub mod procs;
 pub mod reboot;
+mod record;
 pub mod release;
 mod report;
 pub mod schedule;
@@ -138,10 +139,12 @@ pub fn run(args: &[String]) -> ! {
         progress: Progress::default(),
         faults,
         initial_devices: Vec::new(),
+        record_places: None,
     };
     shutdown.teardown();
     shutdown.run_hooks("final");
-    report::inventory(&shutdown.initial_devices, &shutdown.progress);
+    let inventory = report::inventory(&shutdown.initial_devices, &shutdown.progress);
+    shutdown.write_record(&inventory, started.elapsed());
     if shutdown.cfg.break_shell {
         // Not cut to the deadline: asked for on purpose, with its own bound.
         hooks::break_shell(shutdown.cfg.shell_timeout);
@@ -188,6 +191,9 @@ struct Shutdown {
     /// inventory counts each as closed once it is gone, whoever removed it (a device
     /// flagged for deferred removal goes by itself when its file system is unmounted).
     initial_devices: Vec<(String, String)>,
+    /// Where the shutdown record may go, learned before the teardown; `None` when there
+    /// was no teardown (no pivot) or the record is turned off.
+    record_places: Option<Vec<record::Candidate>>,
 }
 
 fn read_topology() -> Option<Topology> {
@@ -292,6 +298,9 @@ impl Shutdown {
                 say!("plan {:>2}: {}", i + 1, step.describe());
             }
         }
+        if self.cfg.record {
+            self.record_places = Some(record::learn(&self.deadline, self.cfg.step_timeout));
+        }
         self.run_hooks("start");
         procs::end_processes(true, self.deadline.cap(self.cfg.kill_grace));
 
@@ -327,6 +336,38 @@ impl Shutdown {
             self.passes(&any_step);
         }
         self.secure_leftovers();
+    }
+
+    /// Writes the shutdown record (see [`record`]), or says why not.
+    fn write_record(&self, inventory: &report::Inventory, elapsed: Duration) {
+        if !self.cfg.record {
+            say!("no shutdown record: turned off (RECORD=no in /etc/exitrd.conf)");
+            return;
+        }
+        let Some(places) = &self.record_places else {
+            return;
+        };
+        let mut subjects: Vec<String> = inventory.left.iter().map(|(d, _)| d.clone()).collect();
+        subjects.extend(inventory.mount_points_left.iter().cloned());
+        let rec = record::make(
+            self.verb.as_str(),
+            elapsed,
+            inventory,
+            execute::blockers_of(&subjects),
+            self.progress.out_of_time || self.deadline.passed(),
+        );
+        let torn_down: Vec<String> = self
+            .initial_devices
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        record::write(
+            places,
+            &rec,
+            &torn_down,
+            &self.deadline,
+            self.cfg.step_timeout,
+        );
     }
 
     fn work_left(&self) -> bool {

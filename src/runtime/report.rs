@@ -23,8 +23,23 @@ pub fn say_gone(display: &str, device: &str) {
     say!("{display} ({device}) is gone: removed by the kernel when its last user closed it");
 }
 
+/// What the inventory found: the shutdown record is made of it.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    /// Closed by a step of ours, in order (display names).
+    pub closed: Vec<String>,
+    /// Removed by the kernel by itself (display names).
+    pub by_kernel: Vec<String>,
+    /// Devices left: name and reason.
+    pub left: Vec<(String, String)>,
+    /// Mounts still below /oldroot.
+    pub mounts_left: usize,
+    /// The mount points still below /oldroot.
+    pub mount_points_left: Vec<String>,
+}
+
 /// One line an admin can grep for: what was closed, and what is left with the reason.
-pub fn inventory(initial_devices: &[(String, String)], progress: &Progress) {
+pub fn inventory(initial_devices: &[(String, String)], progress: &Progress) -> Inventory {
     let topo = read_topology();
     // Still there and still closable: a stopped MD array lingers in sysfs for a
     // moment as an empty device, which counts as closed.
@@ -60,12 +75,16 @@ pub fn inventory(initial_devices: &[(String, String)], progress: &Progress) {
         by_kernel.push(display.clone());
     }
     let mut left: Vec<String> = Vec::new();
+    let mut inv = Inventory::default();
     if let Some(topo) = &topo {
-        let below = topo
+        inv.mount_points_left = topo
             .mounts
             .iter()
             .filter(|m| plan::in_scope(&m.mount_point, OLDROOT))
-            .count();
+            .map(|m| m.mount_point.to_string())
+            .collect();
+        let below = inv.mount_points_left.len();
+        inv.mounts_left = below;
         if below > 0 {
             say!("{below} mount(s) still below {OLDROOT}");
         }
@@ -81,6 +100,7 @@ pub fn inventory(initial_devices: &[(String, String)], progress: &Progress) {
                 other => other.closes_device().unwrap_or_default().to_string(),
             };
             left.push(format!("{name} ({reason})"));
+            inv.left.push((name, reason));
         }
     }
     let list = |v: &[String]| {
@@ -96,6 +116,9 @@ pub fn inventory(initial_devices: &[(String, String)], progress: &Progress) {
         list(&by_kernel),
         list(&left)
     );
+    inv.closed = closed;
+    inv.by_kernel = by_kernel;
+    inv
 }
 
 /// The inventory file for hooks: what is still mounted below /oldroot and the steps left.

@@ -288,6 +288,30 @@ scenario(releases=("trixie",), name="encrypted-lvm-reboot", **ENCRYPTED_LVM, **R
         "harness: watchdog: /dev/watchdog0, RebootWatchdogUSec=6s",
         "exitrd: feeding the hardware watchdog /dev/watchdog0 every 2000ms"),
     "control_fails": ENCRYPTED_LVM_RUN["control_fails"] + RAM_FAILS})
+# Issue 14: the record of the last shutdown. exitrd writes it to the plain ext4 /boot
+# (learned from the old root's fstab: systemd has unmounted it by the switch); the check
+# boot mounts /boot and asks `exitrd status` about the last shutdown. The fault variant
+# leaves a suspended DM device (guest/fault-dm-suspended.sh): NOT clean, the device named.
+RECORD_CHECK = dict(check_extra="check-last-shutdown.sh")
+RECORD_WROTE = "exitrd: wrote the shutdown record to /boot (ext4 on vda2)"
+scenario(releases=("trixie",), name="encrypted-lvm-record", **ENCRYPTED_LVM, **RECORD_CHECK, **{
+    **ENCRYPTED_LVM_RUN,
+    "expect": ENCRYPTED_LVM_RUN["expect"] + (RECORD_WROTE,),
+    "check_expect": ("harness: status: last shutdown: clean, * s, poweroff, closed *",
+                     "harness: status json: recorded true"),
+    "control_fails": ENCRYPTED_LVM_RUN["control_fails"] + (
+        "log has 'exitrd: wrote the shutdown record",
+        "check boot log has 'harness: status: last shutdown: clean",
+        "check boot log has 'harness: status json: recorded true")})
+scenario(releases=("trixie",), name="encrypted-lvm-record-unclean", **ENCRYPTED_LVM,
+         **RECORD_CHECK, left=("fault",), test_extra="fault-dm-suspended.sh",
+         expect=(RECORD_WROTE,
+                 "harness: fault: /run/fault-mnt on suspended dm 'fault' over /dev/loop0"),
+         check_expect=("harness: status: last shutdown NOT clean: fault (*) left open*",
+                       "harness: status json: recorded true"),
+         control_fails=("log has 'exitrd: wrote the shutdown record",
+                        "check boot log has 'harness: status: last shutdown NOT clean",
+                        "check boot log has 'harness: status json: recorded true"))
 # bookworm's systemd 252 flags nothing for deferred removal: exitrd removes both.
 # Run by hand (`python3 -m tests.vm run encrypted-lvm --release bookworm [--control]`):
 # its stack's cold build (installer and package boots, ~20 min of one core) would push a
