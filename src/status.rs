@@ -173,7 +173,7 @@ fn builder_check(root: &Path) -> (Option<&'static str>, Check) {
             Check {
                 name: "builder",
                 ok: false,
-                detail: "no initramfs builder found (neither initramfs-tools nor dracut):                          no image will carry the payload"
+                detail: "no initramfs builder found (neither initramfs-tools nor dracut): no image will carry the payload"
                     .into(),
                 fix: Some("apt install initramfs-tools   # or: apt install dracut".into()),
             },
@@ -210,7 +210,7 @@ fn builder_check(root: &Path) -> (Option<&'static str>, Check) {
         match dracut_omits_exitrd(root) {
             Some(conf) => {
                 detail = format!(
-                    "dracut builds the initramfs, but {} omits the exitrd module: its images                      carry no payload, exitrd.service puts it in place after each boot",
+                    "dracut builds the initramfs, but {} omits the exitrd module: its images carry no payload, exitrd.service puts it in place after each boot",
                     conf.strip_prefix(root).map_or(conf.clone(), |p| Path::new("/").join(p)).display()
                 )
             }
@@ -481,8 +481,10 @@ mod tests {
         let (_, c) = builder_check(&r);
         assert!(c.ok);
         assert!(
-            c.detail
-                .contains("/etc/dracut.conf.d/90-no-exitrd.conf omits the exitrd module"),
+            c.detail.contains(
+                "/etc/dracut.conf.d/90-no-exitrd.conf omits the exitrd module: its images \
+                 carry no payload"
+            ),
             "{}",
             c.detail
         );
@@ -491,6 +493,12 @@ mod tests {
         let (b, c) = builder_check(&r);
         assert_eq!(b, None);
         assert!(!c.ok);
+        assert!(
+            c.detail
+                .ends_with("dracut): no image will carry the payload"),
+            "{}",
+            c.detail
+        );
         assert!(c.fix.unwrap().starts_with("apt install"));
     }
 
