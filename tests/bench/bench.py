@@ -410,9 +410,15 @@ def figures(s: scenarios.Scenario, tb: qemu.Boot, cb: qemu.Boot | None, token: s
         m = re.match(r"unit (\S+) (.*)", msg)
         props = dict(p.split("=", 1) for p in m.group(2).split() if "=" in p)
         f.setdefault("units", {})[m.group(1)] = unit_figures(props)
-    if "cmd-ms" in kv:
-        w = kv["cmd-ms"][0][1].split()[1:]
-        f["cmd_ms"] = {k: int(v) for k, v in zip(w[::2], w[1::2])}
+    rounds: dict[str, list[int]] = {}
+    for _, msg in kv.get("cmd-ms", []):
+        w = msg.split()[1:]
+        for k, v in zip(w[::2], w[1::2]):
+            rounds.setdefault(k, []).append(int(v))
+    if rounds:
+        # The median of the rounds (single runs under TCG are noisy), and every round.
+        f["cmd_ms"] = {k: statistics.median(v) for k, v in rounds.items()}
+        f["cmd_ms_rounds"] = rounds
     f["prepare_ms"], f["prepare_kib"] = prepare_figures(text)
     ib: dict[str, float] = {}
     starts = {}
@@ -862,8 +868,9 @@ def notes(res: dict) -> str:
     if behind:
         n.append("Where exitrd is behind: " + "; ".join(behind) + ".")
     if m(ex["cmd_status_ms"]) is not None:
-        n.append("Run again in the booted system (`guest/measure.sh`, each command timed with "
-                 "`date` around it, so each figure carries the same start-up of `date`): "
+        n.append("Run again in the booted system (`guest/measure.sh`, five rounds, the median; "
+                 "each command timed with `date` around it, so each figure carries the same "
+                 "start-up of `date`): "
                  f"`exitrd status` {ms(ex['cmd_status_ms'])}, the payload binary's `--version` "
                  f"{ms(ex['cmd_version_ms'])} (exitrd status started it to learn the payload's "
                  "version until it compared the payload with itself byte for byte instead), "
