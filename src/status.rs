@@ -51,11 +51,45 @@ fn has_option(m: &Mount, opt: &str) -> bool {
     m.options.split(',').any(|o| o == opt)
 }
 
-/// The version a payload binary reports (`exitrd X.Y.Z` from `--version`).
-fn payload_version(binary: &Path) -> Option<String> {
+/// The executable of the running process: its version is this build's.
+const RUNNING: &str = "/proc/self/exe";
+
+/// The version of a payload binary. When it is a byte-for-byte copy of `running` (the
+/// exitrd doing this check: the usual case, since the payload is a copy of the installed
+/// binary), that is this build's version and nothing is started: exitrd.service runs this
+/// at every boot, and starting a 2 MiB static binary is most of its cost under emulation.
+/// Otherwise the binary is run and asked (`exitrd X.Y.Z` from `--version`).
+fn payload_version(binary: &Path, running: &Path) -> Option<String> {
+    if same_content(binary, running).unwrap_or(false) {
+        return Some(env!("CARGO_PKG_VERSION").to_string());
+    }
     let out = Command::new(binary).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace().nth(1).map(str::to_string)
+}
+
+/// Whether two files hold the same bytes (sizes first, then the contents chunk by chunk,
+/// stopping at the first difference).
+fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    const CHUNK: usize = 64 * 1024;
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    let len = fa.metadata()?.len();
+    if fb.metadata()?.len() != len {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        fa.read_exact(&mut ba[..n])?;
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+        left -= n as u64;
+    }
+    Ok(true)
 }
 
 /// Tools the storage needs at shutdown beyond exitrd itself, and where the payload must
@@ -144,7 +178,7 @@ fn builder_check(root: &Path) -> (Option<&'static str>, Check) {
             Check {
                 name: "builder",
                 ok: false,
-                detail: "no initramfs builder found (neither initramfs-tools nor dracut):                          no image will carry the payload"
+                detail: "no initramfs builder found (neither initramfs-tools nor dracut): no image will carry the payload"
                     .into(),
                 fix: Some("apt install initramfs-tools   # or: apt install dracut".into()),
             },
@@ -181,7 +215,7 @@ fn builder_check(root: &Path) -> (Option<&'static str>, Check) {
         match dracut_omits_exitrd(root) {
             Some(conf) => {
                 detail = format!(
-                    "dracut builds the initramfs, but {} omits the exitrd module: its images                      carry no payload, exitrd.service puts it in place after each boot",
+                    "dracut builds the initramfs, but {} omits the exitrd module: its images carry no payload, exitrd.service puts it in place after each boot",
                     conf.strip_prefix(root).map_or(conf.clone(), |p| Path::new("/").join(p)).display()
                 )
             }
@@ -253,7 +287,7 @@ pub fn check(root: &Path, payload_runnable: bool) -> std::io::Result<Status> {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false);
     let version = if executable && payload_runnable {
-        payload_version(&shutdown.with_file_name("exitrd"))
+        payload_version(&shutdown.with_file_name("exitrd"), Path::new(RUNNING))
     } else {
         None
     };
@@ -495,8 +529,10 @@ mod tests {
         let (_, c) = builder_check(&r);
         assert!(c.ok);
         assert!(
-            c.detail
-                .contains("/etc/dracut.conf.d/90-no-exitrd.conf omits the exitrd module"),
+            c.detail.contains(
+                "/etc/dracut.conf.d/90-no-exitrd.conf omits the exitrd module: its images \
+                 carry no payload"
+            ),
             "{}",
             c.detail
         );
@@ -505,6 +541,12 @@ mod tests {
         let (b, c) = builder_check(&r);
         assert_eq!(b, None);
         assert!(!c.ok);
+        assert!(
+            c.detail
+                .ends_with("dracut): no image will carry the payload"),
+            "{}",
+            c.detail
+        );
         assert!(c.fix.unwrap().starts_with("apt install"));
     }
 
@@ -533,6 +575,61 @@ mod tests {
         with_drop_in.push((DRACUT_DROP_IN, "[Unit]\n"));
         let r = root("flag-drop-in", &with_drop_in);
         assert!(!flagged(&r), "the drop-in makes the unit stand aside");
+    }
+
+    #[test]
+    fn same_content_compares_every_byte() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut last = big.clone();
+        *last.last_mut().unwrap() ^= 1;
+        let r = root("same-content", &[]);
+        for (name, bytes) in [
+            ("a", &big),
+            ("b", &big),
+            ("c", &last),
+            ("d", &big[..1000].to_vec()),
+        ] {
+            fs::write(r.join(name), bytes).unwrap();
+        }
+        assert!(same_content(&r.join("a"), &r.join("b")).unwrap());
+        // Same size, one bit off in the last chunk.
+        assert!(!same_content(&r.join("a"), &r.join("c")).unwrap());
+        assert!(!same_content(&r.join("a"), &r.join("d")).unwrap());
+        assert!(same_content(&r.join("a"), &r.join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_payload_identical_to_the_running_exitrd_is_not_started() {
+        // Not executable, not even a program: a copy of the "running" binary is known
+        // to be this build without starting it.
+        let r = root(
+            "payload-version",
+            &[("payload/exitrd", "same bytes"), ("running", "same bytes")],
+        );
+        assert_eq!(
+            payload_version(&r.join("payload/exitrd"), &r.join("running")).as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        // Anything else is asked for its version; what cannot run has none.
+        fs::write(r.join("running"), "other bytes").unwrap();
+        assert_eq!(
+            payload_version(&r.join("payload/exitrd"), &r.join("running")),
+            None
+        );
+        let script = r.join("payload/older");
+        fs::write(&script, "#!/bin/sh\necho \"exitrd 0.0.9\"\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        // A file just written can be briefly "busy" to exec while another test thread
+        // forks (the child holds the write descriptor until its own exec): retry.
+        let mut v = None;
+        for _ in 0..20 {
+            v = payload_version(&script, &r.join("running"));
+            if v.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(v.as_deref(), Some("0.0.9"));
     }
 
     #[test]

@@ -6,15 +6,17 @@
     python3 -m tests.bench.bench planner                   # only the planner figures (no VM)
     python3 -m tests.bench.bench render RESULTS.json       # table, chart and README again
 
-(python3 -m from the repository root). Three setups on the lvm-luks-md stack (ext4 on LVM
+(python3 -m from the repository root). Four setups on the lvm-luks-md stack (ext4 on LVM
 on LUKS2 on MD RAID1), built by the VM harness (the package tests.vm; its stages are
-cached):
-  stock   initramfs-tools, no exitrd             (the base stage, initrd-plain.img)
-  dracut  Debian's dracut instead of initramfs-tools, its shutdown module and
-          dracut-shutdown.service                (the dracut stage, initrd-dracut.img)
-  exitrd  initramfs-tools with the exitrd package (the pkg stage, initrd-exitrd.img)
+cached): each builder, initramfs-tools and dracut, without and with exitrd:
+  stock          initramfs-tools, no exitrd      (the base stage, initrd-plain.img)
+  dracut         Debian's dracut instead of initramfs-tools, its shutdown module and
+                 dracut-shutdown.service         (the dracut stage, initrd-dracut.img)
+  exitrd         initramfs-tools with the exitrd package (the pkg stage, initrd-exitrd.img)
+  dracut-exitrd  dracut with the exitrd package: its dracut module, dracut-shutdown.service
+                 standing aside   (the pkg stage of lvm-luks-md-dracut, initrd-exitrd.img)
 Each repetition boots every setup once (interleaved, so load changes on the host hit all
-three alike): a test boot (the harness's test.sh plus guest/measure.sh, then a normal
+setups alike): a test boot (the harness's test.sh plus guest/measure.sh, then a normal
 poweroff) and a check boot on the same disks. Then the RAM boots (--ram-reps rounds, default
 1; not the timing boots, since init_on_free=1 slows the shutdown): every setup powers off
 once and reboots once with the VM test suite's RAM secrets planted (tests/vm/guest/
@@ -27,6 +29,7 @@ the run folder outside the repository) is deleted. Results: tests/bench/results/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import html
 import json
@@ -50,9 +53,44 @@ REPO = HERE.parent.parent
 GUEST = HERE / "guest"
 RESULTS = HERE / "results"
 SCENARIO = "lvm-luks-md"
-SETUPS = ("stock", "dracut", "exitrd")
-LABELS = {"stock": "stock Debian (initramfs-tools)", "dracut": "dracut (Debian package)",
-          "exitrd": "initramfs-tools + exitrd"}
+# The same stack converted to dracut (tests/vm/scenarios.py, builder="dracut").
+DRACUT_SCENARIO = "lvm-luks-md-dracut"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    label: str          # the table's column, the chart's bar
+    scenario: str       # its stack: SCENARIO (initramfs-tools) or DRACUT_SCENARIO
+    builder: str        # "initramfs-tools" or "dracut": what built the image booted
+    exitrd: bool        # the exitrd package installed (the pkg stage of that scenario)
+    color: str          # the chart's bars
+
+
+SETUPS: dict[str, Setup] = {
+    "stock": Setup("stock Debian (initramfs-tools)", SCENARIO, "initramfs-tools", False,
+                   "#9e9e9e"),
+    "dracut": Setup("dracut (Debian package)", DRACUT_SCENARIO, "dracut", False, "#d9822b"),
+    "exitrd": Setup("initramfs-tools + exitrd", SCENARIO, "initramfs-tools", True, "#2b7bd9"),
+    "dracut-exitrd": Setup("dracut + exitrd", DRACUT_SCENARIO, "dracut", True, "#7a4fc1"),
+}
+# The comparison columns of the table: (setup, against, heading). exitrd on
+# initramfs-tools against dracut's own shutdown, and dracut with exitrd against without.
+COMPARISONS = (("exitrd", "dracut", "exitrd/dracut"),
+               ("dracut-exitrd", "dracut", "dracut+exitrd / dracut"))
+# The unit each setup runs at boot for its shutdown: exitrd's check and repair, or
+# dracut's (its ExecStart is /bin/true; it unpacks the image when stopped).
+EXITRD_UNIT = "exitrd.service"
+DRACUT_UNIT = "dracut-shutdown.service"
+
+
+def present(res: dict) -> list[str]:
+    """The setups a results file has (older ones have three), in SETUPS order."""
+    return [st for st in SETUPS if st in res["runs"]]
+
+
+def setup_unit(st: str) -> str | None:
+    x = SETUPS[st]
+    return EXITRD_UNIT if x.exitrd else DRACUT_UNIT if x.builder == "dracut" else None
 # The RAM boots end with these (test.sh's VERB); the kernel's last line for each.
 VERBS = {"poweroff": scenarios.POWER_DOWN, "reboot": "reboot: Restarting system"}
 PATTERNS = ("tmpfs", "page-cache")   # ram-secrets.sh's two patterns
@@ -141,14 +179,19 @@ def timed_initrd(src: Path, dst: Path) -> list[str]:
 
 # --------------------------------------------------------------------------- boots
 
-def setup_media(s: scenarios.Scenario, deb: Path) -> dict[str, tuple[Path, Path, Path]]:
-    """setup -> (folder with disk*.qcow2, initrd booted, initrd as built)."""
-    base = stages.stack_base(s)
-    pkg = stages.stack_pkg(s, deb)
-    dr = stages.stack_dracut(s)
-    return {"stock": (base, base / "initrd-plain.img", base / "initrd-plain.img"),
-            "dracut": (dr, dr / "initrd-dracut.img", dr / "initrd-dracut.img"),
-            "exitrd": (pkg, pkg / "initrd-exitrd.img", pkg / "initrd-exitrd.img")}
+def setup_media(s: scenarios.Scenario, deb: Path) -> dict[str, tuple[Path, Path]]:
+    """setup -> (folder with disk*.qcow2, initrd as built): the stack of the setup's
+    scenario on the bench's release, as stock Debian has it (stages.stack_plain: for
+    the dracut scenario, converted to dracut) or with the package (stages.stack_pkg)."""
+    out = {}
+    for st, x in SETUPS.items():
+        sc = s if x.scenario == s.name else scenarios.pick(x.scenario, s.release)
+        if x.exitrd:
+            d = stages.stack_pkg(sc, deb)
+            out[st] = (d, d / "initrd-exitrd.img")
+        else:
+            out[st] = stages.stack_plain(sc)
+    return out
 
 
 def one_run(s: scenarios.Scenario, setup: str, src: Path, initrd: Path, rundir: Path) -> dict:
@@ -189,14 +232,17 @@ def one_run(s: scenarios.Scenario, setup: str, src: Path, initrd: Path, rundir: 
 
 
 def ram_append() -> str:
-    """The kernel command line of the test suite's RAM scenario on this stack: init_on_free=1
-    (as Tails boots) and exitrd's longer step time (zeroing every freed page under TCG slows
-    the root's unmount past the default step). Taken from that scenario, so the bench's
-    RAM rows measure what the suite checks."""
-    for x in scenarios.SCENARIOS.values():
-        if x.name == SCENARIO and "key" in x.ram:
-            return x.append
-    raise SystemExit(f"no {SCENARIO} scenario with RAM checks in tests/vm/scenarios.py")
+    """The kernel command line of the test suite's RAM scenarios (those that search for the
+    key and both patterns; since 2026-12-02 they run on encrypted-lvm, not on this stack):
+    init_on_free=1 (as Tails boots) and exitrd's longer step time (zeroing every freed page
+    under TCG slows the root's unmount past the default step). Taken from them, so the
+    bench's RAM rows measure what the suite checks."""
+    full = {x.append for x in scenarios.SCENARIOS.values()
+            if {"key", "tmpfs", "page-cache"} <= set(x.ram)}
+    if len(full) != 1:
+        raise SystemExit("tests/vm/scenarios.py: expected one kernel command line for the "
+                         f"scenarios with every RAM check, found {sorted(full)}")
+    return full.pop()
 
 
 def ram_run(s: scenarios.Scenario, setup: str, src: Path, initrd: Path, rundir: Path,
@@ -269,12 +315,12 @@ def ram_figures(s: scenarios.Scenario, tb: qemu.Boot, found: dict | None, verb: 
 
 def ram_boots(s: scenarios.Scenario, media: dict, top: Path, reps: int) -> dict:
     """--ram-reps rounds; each boots every setup once per verb (interleaved as the timing
-    boots are, so load changes on the host hit all three alike)."""
+    boots are, so load changes on the host hit every setup alike)."""
     out: dict = {"reps": reps, "append": ram_append(), "runs": {st: [] for st in SETUPS}}
     for rep in range(reps):
         for verb in VERBS:
             for st in SETUPS:
-                src, initrd, _ = media[st]
+                src, initrd = media[st]
                 say(f"RAM rep {rep + 1}/{reps}: {st}, {verb}")
                 fig = ram_run(s, st, src, initrd, top / f"ram-{verb}-{st}-{rep + 1}", verb)
                 out["runs"][st].append(fig)
@@ -284,6 +330,34 @@ def ram_boots(s: scenarios.Scenario, media: dict, top: Path, reps: int) -> dict:
 
 
 BENCH_LINE = re.compile(r"\[\s*(\d+\.\d+)\] harness: bench (.*)$")
+# `exitrd prepare`'s summary at boot, ending with the time it took (initramfs-tools: the
+# init-bottom script; dracut: the pre-pivot hook, through dracut-pre-pivot.service's
+# console output). Anywhere in a line: the console may put a prefix before it. The repair
+# by exitrd.service ("exitrd: repaired: ...") carries no time and does not match.
+PREPARE_LINE = re.compile(r"exitrd: /\S* is a dedicated exec tmpfs \((\d+) KiB\) with "
+                          r"(?:the|a refreshed) payload: .*\((\d+) ms\)")
+
+
+def prepare_figures(text: str) -> tuple[int | None, int | None]:
+    """(ms, KiB) of the first `exitrd prepare` of the boot, or (None, None)."""
+    m = PREPARE_LINE.search(text)
+    return (int(m.group(2)), int(m.group(1))) if m else (None, None)
+
+
+def unit_figures(props: dict[str, str]) -> dict:
+    """A unit's line from measure.sh: whether it ran (ConditionResult), how long it took to
+    start (inactive → active) and how long its process ran, in ms; None where it did not
+    get that far (a unit whose condition failed never left inactive: its timestamps are 0)."""
+    def span(start: str, end: str) -> float | None:
+        try:
+            a, b = int(props[start]), int(props[end])
+        except (KeyError, ValueError):
+            return None
+        return (b - a) / 1000 if a and b >= a else None
+
+    return {"state": props.get("ActiveState"), "condition": props.get("ConditionResult"),
+            "start_ms": span("InactiveExitTimestampMonotonic", "ActiveEnterTimestampMonotonic"),
+            "exec_ms": span("ExecMainStartTimestampMonotonic", "ExecMainExitTimestampMonotonic")}
 
 
 def bench_lines(text: str) -> list[tuple[float, str]]:
@@ -334,13 +408,18 @@ def figures(s: scenarios.Scenario, tb: qemu.Boot, cb: qemu.Boot | None, token: s
     f["need_shutdown"] = "dracut-need-shutdown" in kv
     for ts, msg in kv.get("unit", []):
         m = re.match(r"unit (\S+) (.*)", msg)
-        props = dict(p.split("=", 1) for p in m.group(2).split())
-        try:
-            us = int(props["ActiveEnterTimestampMonotonic"]) - int(props["InactiveExitTimestampMonotonic"])
-        except (KeyError, ValueError):
-            us = None
-        f.setdefault("units", {})[m.group(1)] = {"state": props.get("ActiveState"),
-                                                 "start_ms": us / 1000 if us is not None else None}
+        props = dict(p.split("=", 1) for p in m.group(2).split() if "=" in p)
+        f.setdefault("units", {})[m.group(1)] = unit_figures(props)
+    rounds: dict[str, list[int]] = {}
+    for _, msg in kv.get("cmd-ms", []):
+        w = msg.split()[1:]
+        for k, v in zip(w[::2], w[1::2]):
+            rounds.setdefault(k, []).append(int(v))
+    if rounds:
+        # The median of the rounds (single runs under TCG are noisy), and every round.
+        f["cmd_ms"] = {k: statistics.median(v) for k, v in rounds.items()}
+        f["cmd_ms_rounds"] = rounds
+    f["prepare_ms"], f["prepare_kib"] = prepare_figures(text)
     ib: dict[str, float] = {}
     starts = {}
     for ts, msg in bl:
@@ -405,16 +484,19 @@ def med(xs):
 
 
 def summarise(res: dict) -> dict:
-    """setup -> figure -> (median, min, max) or a count string."""
+    """setup -> figure -> (median, min, max) or a count; None where it does not apply."""
     out = {}
-    for st in SETUPS:
+    for st in present(res):
+        x = SETUPS[st]
         runs = res["runs"][st]
         n = len(runs)
         g = lambda k: [r.get(k) for r in runs]  # noqa: E731
-        ib = [sum(r["init_bottom_ms"].get(n_, 0) for n_ in ("exitrd",)) if r["init_bottom_ms"] else None
-              for r in runs]
+        itools = x.builder == "initramfs-tools"
+        ib = [r["init_bottom_ms"].get("exitrd") if r["init_bottom_ms"] else None for r in runs]
         ib_all = [sum(r["init_bottom_ms"].values()) if r["init_bottom_ms"] else None for r in runs]
-        unit = "exitrd.service" if st == "exitrd" else "dracut-shutdown.service"
+        units = lambda u, k: [((r.get("units") or {}).get(u) or {}).get(k) for r in runs]  # noqa: E731
+        unit = setup_unit(st)
+        cmd = lambda k: [(r.get("cmd_ms") or {}).get(k) for r in runs]  # noqa: E731
         out[st] = {
             "n": n,
             "clean": sum(bool(r["clean"]) for r in runs),
@@ -430,9 +512,20 @@ def summarise(res: dict) -> dict:
             "memavail_uptime_kib": med(g("memavail_uptime_kib")),
             "memavail_prepivot_kib": med(g("memavail_prepivot_kib")),
             "restore_s": med(g("restore_s")),
-            "init_bottom_exitrd_ms": med(ib) if st != "dracut" else None,
-            "init_bottom_all_ms": med(ib_all) if st != "dracut" else None,
-            "unit_start_ms": med([(r.get("units", {}).get(unit) or {}).get("start_ms") for r in runs]),
+            "init_bottom_exitrd_ms": med(ib) if itools and x.exitrd else None,
+            "init_bottom_all_ms": med(ib_all) if itools else None,
+            "prepare_ms": med(g("prepare_ms")) if x.exitrd else None,
+            # The setup's own unit (exitrd.service where exitrd is installed).
+            "unit_start_ms": med(units(unit, "start_ms")) if unit else None,
+            "unit_exec_ms": med(units(unit, "exec_ms")) if unit else None,
+            # dracut's unit where exitrd is installed too: it should stand aside.
+            "dracut_unit_aside": (sum(c == "no" for c in units(DRACUT_UNIT, "condition"))
+                                  if x.builder == "dracut" else None),
+            "dracut_unit_start_ms": (med(units(DRACUT_UNIT, "start_ms"))
+                                     if x.builder == "dracut" else None),
+            "cmd_true_ms": med(cmd("true")) if x.exitrd else None,
+            "cmd_version_ms": med(cmd("version")) if x.exitrd else None,
+            "cmd_status_ms": med(cmd("status")) if x.exitrd else None,
             "boot_to_harness_s": med(g("boot_to_harness_s")),
         }
         out[st].update(ram_summary(res, st))
@@ -472,7 +565,7 @@ def fmt(x, unit="", nd=2):
 
 
 def ratio(a, b, nd=2):
-    """exitrd / dracut of two (median, min, max) triples or numbers."""
+    """a / b of two (median, min, max) triples or numbers (b: dracut's figure)."""
     if isinstance(a, tuple):
         a = a[0]
     if isinstance(b, tuple):
@@ -484,91 +577,111 @@ def ratio(a, b, nd=2):
     return f"{a / b:.{nd}f}×"
 
 
-def table(res: dict) -> tuple[str, list[tuple[str, str]]]:
+def without_exitrd(st: str) -> str:
+    """The setup with the same builder and no exitrd (what exitrd adds to)."""
+    return next(k for k, x in SETUPS.items()
+                if x.builder == SETUPS[st].builder and not x.exitrd)
+
+
+def table(res: dict) -> tuple[str, list[tuple[str, list[str], list[str]]]]:
+    """The markdown table: one column per setup, then the comparison columns. Also the
+    rows: (figure, cells, comparisons)."""
     sm = summarise(res)
-    st, dr, ex = sm["stock"], sm["dracut"], sm["exitrd"]
+    sts = present(res)
+    comps = [c for c in COMPARISONS if c[0] in sts and c[1] in sts]
     img = res["images"]
-    kib = lambda t: None if t is None else tuple(v / 1024 for v in t)  # noqa: E731
-    rows = []
-
-    def row(name, a, b, c, r):
-        rows.append((name, a, b, c, r))
-
-    def count(x, key):
-        return f"{x[key]}/{x['n']}"
-
-    row("stack closed at shutdown (`md: md0 stopped.`, nothing left)", count(st, "clean"),
-        count(dr, "clean"), count(ex, "clean"), "")
-    row("systemd pivoted into /run/initramfs", count(st, "switched"), count(dr, "switched"),
-        count(ex, "switched"), "")
-    row("systemd gave up (\"Unable to finalize ... DM devices, MD devices\")",
-        count(st, "gave_up"), count(dr, "gave_up"), count(ex, "gave_up"), "")
-    row("data intact at the next boot (marker, no resync, md not unclean, fsck clean: stock passes too)",
-        count(st, "next_boot_clean"), count(dr, "next_boot_clean"), count(ex, "next_boot_clean"), "")
-    row("shutdown: \"Syncing filesystems\" → \"reboot: Power down\" (s)",
-        fmt(st["shutdown_s"]), fmt(dr["shutdown_s"]), fmt(ex["shutdown_s"]),
-        ratio(ex["shutdown_s"], dr["shutdown_s"]))
-    row("of which in the exitrd: systemd's switch into it → \"reboot: Power down\" (s)",
-        fmt(st["pivot_to_power_s"]), fmt(dr["pivot_to_power_s"]), fmt(ex["pivot_to_power_s"]),
-        ratio(ex["pivot_to_power_s"], dr["pivot_to_power_s"]))
-    row("whole poweroff: `systemctl poweroff` queued → \"reboot: Power down\" (s)",
-        fmt(st["poweroff_total_s"]), fmt(dr["poweroff_total_s"]), fmt(ex["poweroff_total_s"]),
-        ratio(ex["poweroff_total_s"], dr["poweroff_total_s"]))
-    row("dracut-shutdown.service unpacking its image at shutdown (s)", "–",
-        fmt(dr["restore_s"]), "–", "")
-    row("/run/initramfs during uptime (du, KiB)", fmt(st["runinitramfs_uptime_kib"], nd=0),
-        fmt(dr["runinitramfs_uptime_kib"], nd=0), fmt(ex["runinitramfs_uptime_kib"], nd=0),
-        ratio(ex["runinitramfs_uptime_kib"], dr["runinitramfs_uptime_kib"]))
-    row("/run/initramfs at the pivot = shutdown peak (du, KiB)",
-        fmt(st["runinitramfs_prepivot_kib"], nd=0), fmt(dr["runinitramfs_prepivot_kib"], nd=0),
-        fmt(ex["runinitramfs_prepivot_kib"], nd=0),
-        ratio(ex["runinitramfs_prepivot_kib"], dr["runinitramfs_prepivot_kib"]))
-    row("MemAvailable at the pivot (MiB, of 1024 MiB guest RAM)",
-        fmt(kib(st["memavail_prepivot_kib"]), nd=0), fmt(kib(dr["memavail_prepivot_kib"]), nd=0),
-        fmt(kib(ex["memavail_prepivot_kib"]), nd=0),
-        ratio(ex["memavail_prepivot_kib"], dr["memavail_prepivot_kib"]))
-    row("boot: exitrd's init-bottom script (`exitrd prepare`, ms)", "–", "–",
-        fmt(ex["init_bottom_exitrd_ms"], nd=0), "")
-    row("boot: all init-bottom scripts (ms)", fmt(st["init_bottom_all_ms"], nd=0), "–",
-        fmt(ex["init_bottom_all_ms"], nd=0), "")
-    row("boot: exitrd.service / dracut-shutdown.service start (ms)", "–",
-        fmt(dr["unit_start_ms"], nd=0), fmt(ex["unit_start_ms"], nd=0),
-        ratio(ex["unit_start_ms"], dr["unit_start_ms"]))
-    row("boot: kernel start → harness service running (s)", fmt(st["boot_to_harness_s"], nd=1),
-        fmt(dr["boot_to_harness_s"], nd=1), fmt(ex["boot_to_harness_s"], nd=1),
-        ratio(ex["boot_to_harness_s"], dr["boot_to_harness_s"]))
-    sz = {k: img[k] for k in SETUPS}
-    row("initramfs image (KiB; zstd -1 on every side)", f"{sz['stock'] / 1024:.0f}",
-        f"{sz['dracut'] / 1024:.0f}", f"{sz['exitrd'] / 1024:.0f}", ratio(sz["exitrd"], sz["dracut"]))
-    row("image size vs stock (KiB)", "0", f"{(sz['dracut'] - sz['stock']) / 1024:+.0f}",
-        f"{(sz['exitrd'] - sz['stock']) / 1024:+.0f}", "")
     pl = res.get("payload", {})
-    row("shutdown binary / payload in the image (KiB)", "–",
-        f"{pl.get('dracut_restored_kib', 'n/a')} (the whole image, unpacked)",
-        f"{pl.get('exitrd_binary_bytes', 0) / 1024:.0f} (one static binary)",
-        ratio(pl.get("exitrd_binary_bytes", 0) / 1024, pl.get("dracut_restored_kib")))
+    kib = lambda t: None if t is None else tuple(v / 1024 for v in t)  # noqa: E731
+    rows: list[tuple[str, list[str], list[str]]] = []
+    every = lambda st: True  # noqa: E731
+    exitrd = lambda st: SETUPS[st].exitrd  # noqa: E731
+    itools = lambda st: SETUPS[st].builder == "initramfs-tools"  # noqa: E731
+    dracut = lambda st: SETUPS[st].builder == "dracut"  # noqa: E731
+
+    def row(name, cell, value=None, applies=every):
+        """cell(setup) -> text ("–" where the figure does not apply); value(setup) -> what
+        the comparison columns divide (none: those cells stay empty)."""
+        rows.append((name, [cell(st) if applies(st) else "–" for st in sts],
+                     [ratio(value(a), value(b)) if value else "" for a, b, _ in comps]))
+
+    def count(name, key, applies=every):
+        row(name, lambda st: f"{sm[st][key]}/{sm[st]['n']}", applies=applies)
+
+    def figure(name, key, nd=2, conv=lambda t: t, applies=every, compare=True):
+        v = lambda st: conv(sm[st][key])  # noqa: E731
+        row(name, lambda st: fmt(v(st), nd=nd), v if compare else None, applies)
+
+    count("stack closed at shutdown (`md: md0 stopped.`, nothing left)", "clean")
+    count("systemd pivoted into /run/initramfs", "switched")
+    count("systemd gave up (\"Unable to finalize ... DM devices, MD devices\")", "gave_up")
+    count("data intact at the next boot (marker, no resync, md not unclean, fsck clean: "
+          "stock passes too)", "next_boot_clean")
+    figure("shutdown: \"Syncing filesystems\" → \"reboot: Power down\" (s)", "shutdown_s")
+    figure("of which in the exitrd: systemd's switch into it → \"reboot: Power down\" (s)",
+           "pivot_to_power_s")
+    figure("whole poweroff: `systemctl poweroff` queued → \"reboot: Power down\" (s)",
+           "poweroff_total_s")
+    row("dracut-shutdown.service unpacking its image at shutdown (s)",
+        lambda st: fmt(sm[st]["restore_s"]) if sm[st]["restore_s"] else "–")
+    figure("/run/initramfs during uptime (du, KiB)", "runinitramfs_uptime_kib", nd=0)
+    figure("/run/initramfs at the pivot = shutdown peak (du, KiB)",
+           "runinitramfs_prepivot_kib", nd=0)
+    figure("MemAvailable at the pivot (MiB, of 1024 MiB guest RAM)", "memavail_prepivot_kib",
+           nd=0, conv=kib)
+    figure("boot: `exitrd prepare` (its own \"(N ms)\": initramfs-tools' init-bottom, "
+           "dracut's pre-pivot hook; ms)", "prepare_ms", nd=0, applies=exitrd, compare=False)
+    figure("boot: exitrd's init-bottom script, with its process start (ms)",
+           "init_bottom_exitrd_ms", nd=0, applies=lambda st: itools(st) and exitrd(st),
+           compare=False)
+    figure("boot: all init-bottom scripts (ms)", "init_bottom_all_ms", nd=0, applies=itools,
+           compare=False)
+    figure("boot: exitrd.service / dracut-shutdown.service start (ms; each setup's own unit, "
+           "inactive → active)", "unit_start_ms", nd=0, applies=lambda st: setup_unit(st) is not None)
+    figure("of which its process ran (ms)", "unit_exec_ms", nd=0,
+           applies=lambda st: setup_unit(st) is not None)
+    row("boot: dracut-shutdown.service stood aside (condition unmet: exitrd's payload is there)",
+        lambda st: f"{sm[st]['dracut_unit_aside']}/{sm[st]['n']}", applies=dracut)
+    row("booted system, run again: `exitrd status` / the payload binary's `--version` / "
+        "`/bin/true` (ms)",
+        lambda st: " / ".join(fmt(sm[st][f"cmd_{k}_ms"], nd=0) for k in ("status", "version", "true")),
+        applies=exitrd)
+    figure("boot: kernel start → harness service running (s)", "boot_to_harness_s", nd=1)
+    row("initramfs image (KiB; zstd -1 on every side)", lambda st: f"{img[st] / 1024:.0f}",
+        lambda st: img[st])
+    row("image size vs stock (KiB)", lambda st: f"{(img[st] - img['stock']) / 1024:+.0f}"
+        if st != "stock" else "0")
+    row("of which exitrd's (KiB, against the same builder without it)",
+        lambda st: f"{(img[st] - img[without_exitrd(st)]) / 1024:+.0f}",
+        applies=lambda st: exitrd(st) and without_exitrd(st) in img)
+    binary = pl.get("exitrd_binary_bytes", 0) / 1024
+    restored = pl.get("dracut_restored_kib")
+    row("shutdown binary / payload in the image (KiB)",
+        lambda st: (f"{binary:.0f} (one static binary)" if exitrd(st) else
+                    f"{restored if restored is not None else 'n/a'} (the whole image, unpacked)"),
+        lambda st: binary if exitrd(st) else restored if dracut(st) else None,
+        applies=lambda st: exitrd(st) or dracut(st))
     if res.get("ram"):
         n = res["ram"]["reps"]
         boots = f"{n} boot{'s' if n > 1 else ''} each, `{res['ram']['append']}`"
 
-        def keys(x, verb):
-            return " / ".join(fmt(x[f"key_{verb}_{p}"], nd=0)
+        def keys(st, verb):
+            return " / ".join(fmt(sm[st][f"key_{verb}_{p}"], nd=0)
                               for p in ("whole", "first_half", "second_half"))
 
         for verb, what in (("poweroff", "power-off"), ("reboot", "reboot")):
             row(f"LUKS volume key found in RAM after {what} (count: whole key / first half / "
-                f"second half; aes-xts: two keys; {boots})",
-                keys(st, verb), keys(dr, verb), keys(ex, verb), "")
+                f"second half; aes-xts: two keys; {boots})", lambda st, v=verb: keys(st, v))
         for kind, what in (("tmpfs", "a tmpfs file (/run)"),
                            ("page-cache", "a file on the root (page cache)")):
             for verb, when in (("poweroff", "power-off"), ("reboot", "reboot")):
                 k = f"pct_{verb}_{kind}"
                 row(f"% of the pattern of {what} left in RAM after {when}",
-                    fmt(st[k], " %"), fmt(dr[k], " %"), fmt(ex[k], " %"), "")
-    head = ("| figure (median (min–max) over " + str(res["reps"]) + " runs) | " +
-            " | ".join(LABELS[s] for s in SETUPS) + " | exitrd/dracut |\n|---|---|---|---|---|\n")
-    body = "".join(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} |\n" for r in rows)
-    return head + body, [(r[0], r[4]) for r in rows]
+                    lambda st, k=k: fmt(sm[st][k], " %"))
+    heads = [SETUPS[st].label for st in sts] + [h for _, _, h in comps]
+    head = (f"| figure (median (min–max) over {res['reps']} runs) | " + " | ".join(heads)
+            + " |\n|---|" + "---|" * len(heads) + "\n")
+    body = "".join(f"| {name} | " + " | ".join(cells + rs) + " |\n" for name, cells, rs in rows)
+    return head + body, rows
 
 
 def planner_md(p: dict) -> str:
@@ -597,6 +710,12 @@ def machine() -> dict:
 
 # --------------------------------------------------------------------------- chart
 
+def chart_title(sts: list[str]) -> str:
+    """exitrd against dracut and stock Debian, and with dracut where that setup ran."""
+    return ("exitrd (initramfs-tools, dracut) vs dracut vs stock Debian"
+            if "dracut-exitrd" in sts else "exitrd vs dracut vs stock Debian")
+
+
 def svg_chart(res: dict) -> str:
     """Small multiples: one panel per figure, one bar per setup (median), min–max whiskers."""
     sm = summarise(res)
@@ -606,6 +725,7 @@ def svg_chart(res: dict) -> str:
         ("/run/initramfs at the pivot (MiB)", "runinitramfs_prepivot_kib", 1 / 1024),
         ("/run/initramfs during uptime (MiB)", "runinitramfs_uptime_kib", 1 / 1024),
         ("initramfs image (MiB)", "image", 1 / 1048576),
+        ("Boot: exitrd.service / dracut-shutdown.service start (ms)", "unit_start_ms", 1),
     ]
     if res.get("ram"):
         panels += [
@@ -614,13 +734,14 @@ def svg_chart(res: dict) -> str:
             ("tmpfs (/run) pattern left in RAM after power-off (%)", "pct_poweroff_tmpfs", 1),
             ("page-cache pattern left in RAM after power-off (%)", "pct_poweroff_page-cache", 1),
         ]
-    colors = {"stock": "#9e9e9e", "dracut": "#d9822b", "exitrd": "#2b7bd9"}
-    W, ph, top, left, barw = 760, 118, 46, 250, 420
+    sts = present(res)
+    W, top, left, barw = 760, 46, 250, 420
+    ph = 34 + 28 * len(sts)
     H = top + ph * len(panels) + 40
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
          f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">',
          f'<rect width="{W}" height="{H}" fill="white"/>',
-         f'<text x="10" y="20" font-size="15" font-weight="bold">exitrd vs dracut vs stock Debian '
+         f'<text x="10" y="20" font-size="15" font-weight="bold">{html.escape(chart_title(sts))} '
          f'({html.escape(res["release"])}, lvm-luks-md, {res["reps"]} runs each, {html.escape(res["date"])})</text>',
          '<text x="10" y="36" fill="#555">bar: median; whisker: min–max; lower is better'
          + (f'; RAM panels: {res["ram"]["reps"]} boot(s) per setup and verb, '
@@ -629,7 +750,7 @@ def svg_chart(res: dict) -> str:
         y0 = top + i * ph
         o.append(f'<text x="10" y="{y0 + 16}" font-weight="bold">{html.escape(title)}</text>')
         vals = {}
-        for st in SETUPS:
+        for st in sts:
             if key == "image":
                 v = res["images"][st] * scale
                 vals[st] = (v, v, v)
@@ -638,18 +759,18 @@ def svg_chart(res: dict) -> str:
                 vals[st] = None if t is None else tuple(x * scale for x in t)
         top_v = max((v[2] for v in vals.values() if v), default=1) or 1
         if key.startswith("runinitramfs_"):  # both memory panels on one scale
-            top_v = max([top_v] + [sm[s_][k][2] * scale for s_ in SETUPS for k in
+            top_v = max([top_v] + [sm[s_][k][2] * scale for s_ in sts for k in
                                    ("runinitramfs_uptime_kib", "runinitramfs_prepivot_kib")
                                    if sm[s_][k]])
-        for j, st in enumerate(SETUPS):
+        for j, st in enumerate(sts):
             y = y0 + 26 + j * 28
-            o.append(f'<text x="{left - 8}" y="{y + 14}" text-anchor="end">{html.escape(LABELS[st])}</text>')
+            o.append(f'<text x="{left - 8}" y="{y + 14}" text-anchor="end">{html.escape(SETUPS[st].label)}</text>')
             v = vals[st]
             if v is None:
                 o.append(f'<text x="{left + 4}" y="{y + 14}" fill="#777">n/a</text>')
                 continue
             w = barw * v[0] / top_v
-            o.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="20" fill="{colors[st]}"/>')
+            o.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="20" fill="{SETUPS[st].color}"/>')
             if v[1] != v[2]:
                 x1, x2 = left + barw * v[1] / top_v, left + barw * v[2] / top_v
                 o.append(f'<line x1="{x1:.1f}" y1="{y + 10}" x2="{x2:.1f}" y2="{y + 10}" stroke="black"/>')
@@ -669,7 +790,10 @@ def notes(res: dict) -> str:
     """What the table means, in sentences computed from the figures."""
     sm = summarise(res)
     st, dr, ex = sm["stock"], sm["dracut"], sm["exitrd"]
+    dx = sm.get("dracut-exitrd")
     m = lambda x: None if x is None else x[0]  # noqa: E731
+    s1 = lambda x: "n/a" if m(x) is None else f"{m(x):.1f} s"  # noqa: E731
+    ms = lambda x: "n/a" if m(x) is None else f"{m(x):.0f} ms"  # noqa: E731
     n = []
     druns = res["runs"]["dracut"]
     if druns and not any(r["switched"] for r in druns):
@@ -695,13 +819,24 @@ def notes(res: dict) -> str:
                  "clean: systemd remounts / read-only and syncs, and MD marks an idle array "
                  "clean by itself. The difference exitrd and dracut make is the orderly close "
                  "(key freed, array stopped), not this run's data.")
-    for r in res["runs"]["exitrd"]:
-        inv = r.get("inventory")
-        if not r["clean"] and inv and inv["left"] != "none":
-            n.append(f"exitrd left something in one run (`{Path(r['rundir']).name}`): "
-                     f"`{inv['left']}`, after closing {', '.join(inv['closed'])}. The array "
-                     "was still busy right after its dm-crypt mapping was removed, and no later "
-                     "step succeeded to trigger a retry; the next boot was clean.")
+    if dx:
+        n.append(f"dracut + exitrd (the package's dracut module `90exitrd`): "
+                 f"dracut-shutdown.service stood aside in {dx['dracut_unit_aside']} of "
+                 f"{dx['n']} boots (the package's drop-in: "
+                 "`ConditionPathExists=!/run/initramfs/exitrd`), systemd pivoted into exitrd's "
+                 f"payload in {dx['switched']} and the stack was closed in {dx['clean']}; "
+                 "nothing is unpacked from /boot at shutdown: shutdown "
+                 f"{s1(dx['shutdown_s'])} and whole poweroff {s1(dx['poweroff_total_s'])} "
+                 f"against dracut's own {s1(dr['shutdown_s'])} and {s1(dr['poweroff_total_s'])}.")
+    for x in SETUPS:
+        if not SETUPS[x].exitrd:
+            continue
+        for r in res["runs"].get(x, []):
+            inv = r.get("inventory")
+            if not r["clean"] and inv and inv["left"] != "none":
+                n.append(f"{SETUPS[x].label} left something in one run "
+                         f"(`{Path(r['rundir']).name}`): `{inv['left']}`, after closing "
+                         f"{', '.join(inv['closed'])}.")
     behind = []
     if (m(ex["runinitramfs_uptime_kib"]) or 0) > (m(dr["runinitramfs_uptime_kib"]) or 0):
         behind.append(f"**memory during uptime**: exitrd keeps its payload "
@@ -710,20 +845,36 @@ def notes(res: dict) -> str:
                       "/boot or unpacked at shutdown, so a missing /boot, a full /run or a broken "
                       "image cannot stop the teardown; the price is under 2 MiB of RAM, and the "
                       "shutdown peak is far below dracut's")
-    if m(ex["init_bottom_exitrd_ms"]):
-        behind.append(f"**boot cost**: `exitrd prepare` in init-bottom takes "
-                      f"{m(ex['init_bottom_exitrd_ms']):.0f} ms under TCG and exitrd.service "
-                      f"(`exitrd status --repair`) {m(ex['unit_start_ms']) or 0:.0f} ms, where "
-                      f"dracut does nothing at boot (its unit's `/bin/true`: "
-                      f"{m(dr['unit_start_ms']) or 0:.0f} ms, which is process start-up under "
-                      "TCG) and pays at shutdown instead")
+    if m(ex["init_bottom_exitrd_ms"]) or m(ex["prepare_ms"]):
+        pre = f"`exitrd prepare` takes {ms(ex['prepare_ms'])} by its own count in init-bottom"
+        if dx:
+            pre += f" and {ms(dx['prepare_ms'])} in dracut's pre-pivot hook"
+        if m(ex["init_bottom_exitrd_ms"]):
+            pre += (f" ({ms(ex['init_bottom_exitrd_ms'])} for the init-bottom script with its "
+                    "process start)")
+        unit = f"exitrd.service (`exitrd status --repair`) starts in {ms(ex['unit_start_ms'])}"
+        if dx:
+            unit += f" on initramfs-tools and {ms(dx['unit_start_ms'])} on dracut"
+        behind.append(f"**boot cost**: {pre}; {unit}, where dracut does nothing at boot (its "
+                      f"unit's `/bin/true`: {ms(dr['unit_start_ms'])}, which is process "
+                      "start-up under TCG) and pays at shutdown instead")
     img = res["images"]
     if img["exitrd"] > img["stock"]:
         behind.append(f"**image size vs stock**: +{(img['exitrd'] - img['stock']) / 1024:.0f} KiB, "
                       "the static binary (compressed); dracut's image is "
-                      f"{(img['dracut'] - img['stock']) / 1024:+.0f} KiB against stock")
+                      f"{(img['dracut'] - img['stock']) / 1024:+.0f} KiB against stock"
+                      + (f", and exitrd adds {(img['dracut-exitrd'] - img['dracut']) / 1024:+.0f} "
+                         "KiB to it" if "dracut-exitrd" in img else ""))
     if behind:
         n.append("Where exitrd is behind: " + "; ".join(behind) + ".")
+    if m(ex["cmd_status_ms"]) is not None:
+        n.append("Run again in the booted system (`guest/measure.sh`, five rounds, the median; "
+                 "each command timed with `date` around it, so each figure carries the same "
+                 "start-up of `date`): "
+                 f"`exitrd status` {ms(ex['cmd_status_ms'])}, the payload binary's `--version` "
+                 f"{ms(ex['cmd_version_ms'])} (exitrd status started it to learn the payload's "
+                 "version until it compared the payload with itself byte for byte instead), "
+                 f"`/bin/true` {ms(ex['cmd_true_ms'])}.")
     if res.get("ram"):
         n.append(ram_note(res, sm))
     n.append("The harness's two system-shutdown hooks (dm/md state, and the memory probe "
@@ -750,7 +901,7 @@ def ram_note(res: dict, sm: dict) -> str:
            "(`-action reboot=shutdown,shutdown=pause`) and saves its 1 GiB of RAM, and "
            "`tests/vm/ram.py` counts the key (whole and each half) and the records left.")
     seen = []
-    for st in SETUPS:
+    for st in present(res):
         x = sm[st]
         parts = []
         for v in VERBS:
@@ -761,8 +912,8 @@ def ram_note(res: dict, sm: dict) -> str:
                    if x[f"pct_{v}_{k}"] is not None), default=None)
         seen.append(f"{st}: {', '.join(parts)}"
                     + ("" if pat is None else f", at most {pat:.2f} % of a pattern left"))
-    for st in SETUPS:
-        for b in r["runs"][st]:
+    for st in present(res):
+        for b in r["runs"].get(st, []):
             if b["ended"] and b["script_ok"]:
                 continue
             why = ("was killed at its time limit" if b.get("timed_out")
@@ -776,9 +927,43 @@ def ram_note(res: dict, sm: dict) -> str:
     return out + " " + "; ".join(seen) + "."
 
 
+NUMBERS = {2: "two", 3: "three", 4: "four", 5: "five"}
+
+
+def results_stem(res: dict) -> str:
+    """The results files' name: <date>-<release>, or the name the run chose (a second run
+    on the same day gets -2, ... rather than write over the first one's files)."""
+    return res.get("stem") or f"{res['date']}-{res['release']}"
+
+
+def new_stem(date: str, release: str) -> str:
+    stem, i = f"{date}-{release}", 1
+    while (RESULTS / f"{stem}.json").exists():
+        i += 1
+        stem = f"{date}-{release}-{i}"
+    return stem
+
+
+def setups_md(res: dict) -> str:
+    """The setups of a results file, in words."""
+    what = {
+        "stock": "stock initramfs-tools without exitrd",
+        "dracut": (f"Debian's `dracut` {res.get('dracut_version', '')} replacing "
+                   "initramfs-tools (hostonly, `crypt dm lvm mdraid shutdown`, the LUKS keyfile "
+                   "in the image, zstd -1, with `dracut-shutdown.service` as the package "
+                   "enables it)"),
+        "exitrd": f"initramfs-tools with the exitrd package ({res.get('exitrd_deb', '')})",
+        "dracut-exitrd": ("that dracut with the same exitrd package (its dracut module "
+                          "`90exitrd` in the image, `dracut-shutdown.service` standing aside)"),
+    }
+    sts = present(res)
+    return f"{NUMBERS.get(len(sts), len(sts))} setups: " + "; ".join(what[st] for st in sts)
+
+
 def render(res: dict, write_readme: bool = True) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"{res['date']}-{res['release']}"
+    stem = RESULTS / results_stem(res)
+    sts = present(res)
     tbl, _ = table(res)
     m = res["machine"]
     rel_svg = f"tests/bench/results/{stem.name}.svg"
@@ -787,11 +972,7 @@ def render(res: dict, write_readme: bool = True) -> Path:
     setup_md = (
         f"Same VM ({m['guest_cpus']} vCPU, {m['guest_ram_mib']} MiB), same `lvm-luks-md` stack "
         f"(ext4 on LVM on LUKS2 on MD RAID1), Debian {res['release']} "
-        f"(kernel {res.get('kernel', '?')}), three setups: stock initramfs-tools without exitrd; "
-        f"Debian's `dracut` {res.get('dracut_version', '')} replacing initramfs-tools "
-        "(hostonly, `crypt dm lvm mdraid shutdown`, the LUKS keyfile in the image, zstd -1, "
-        "with `dracut-shutdown.service` as the package enables it); initramfs-tools with the "
-        f"exitrd package ({res.get('exitrd_deb', '')}). Run {res['date']} "
+        f"(kernel {res.get('kernel', '?')}), {setups_md(res)}. Run {res['date']} "
         f"on {m['nproc']} × {m['cpu']}, guests under qemu TCG (software emulation: absolute "
         "times are slow and noisy, compare within a run), repetitions interleaved.\n")
     body = (f"{setup_md}\n{tbl}\n{planner_md(res.get('planner', {}))}\n{notes(res)}")
@@ -806,14 +987,15 @@ def render(res: dict, write_readme: bool = True) -> Path:
                     f"poweroff_total_s={r['poweroff_total_s']} "
                     f"uptime_kib={r.get('runinitramfs_uptime_kib')} "
                     f"prepivot_kib={r.get('runinitramfs_prepivot_kib')} "
-                    f"init_bottom_ms={r.get('init_bottom_ms')} restore_s={r.get('restore_s')} "
+                    f"init_bottom_ms={r.get('init_bottom_ms')} prepare_ms={r.get('prepare_ms')} "
+                    f"units={json.dumps(r.get('units'))} restore_s={r.get('restore_s')} "
                     f"next_boot={r['next_boot_clean']} (`{r['rundir']}`)\n"
-                    for st in SETUPS for i, r in enumerate(res["runs"][st]))
+                    for st in sts for i, r in enumerate(res["runs"][st]))
           + "".join(f"- {st} RAM {r['verb']}: ended={r['ended']} dump={r['dump_saved']} "
                     f"switched={r['switched']} md_stopped={r['md_stopped']} "
                     f"shutdown_s={r['shutdown_s']} keys={json.dumps(r['keys'])} "
                     f"patterns={json.dumps(r['patterns'])} (`{r['rundir']}`)\n"
-                    for st in SETUPS for r in res.get("ram", {}).get("runs", {}).get(st, []))
+                    for st in sts for r in res.get("ram", {}).get("runs", {}).get(st, []))
           + f"\nImages (bytes): {json.dumps(images)}\n")
     stem.with_suffix(".md").write_text(md)
     say(f"wrote {stem}.md and {stem}.svg")
@@ -822,10 +1004,10 @@ def render(res: dict, write_readme: bool = True) -> Path:
         text = readme.read_text()
         section = (f"## Benchmarks\n\n`sh scripts/bench` (as root; `--reps N`, default 3, "
                    "timing boots; `--ram-reps N`, default 1, RAM boots per setup and verb) "
-                   "builds the three setups with the VM harness and writes "
-                   f"`tests/bench/results/<date>-<release>.md` and `.svg`. Latest: "
+                   f"builds the {NUMBERS.get(len(sts), len(sts))} setups with the VM harness "
+                   "and writes `tests/bench/results/<date>-<release>.md` and `.svg`. Latest: "
                    f"[{stem.name}.md](tests/bench/results/{stem.name}.md).\n\n{body}\n"
-                   f"![exitrd vs dracut vs stock Debian]({rel_svg})\n")
+                   f"![{chart_title(sts)}]({rel_svg})\n")
         i = text.find("\n## Benchmarks\n")
         if i >= 0:
             j = text.find("\n## ", i + 1)
@@ -850,17 +1032,19 @@ def cmd_run(a) -> int:
     shutil.copyfile(stages.find_deb(), deb)
     media = setup_media(s, deb)
     boot_initrd = {}
-    for st, (src, initrd, _) in media.items():
-        if st == "dracut":
-            boot_initrd[st] = initrd
-        else:
+    for st, (src, initrd) in media.items():
+        # initramfs-tools' init-bottom scripts are timed (dracut has none: its images
+        # are booted as built; exitrd's own figure is on the console either way).
+        if SETUPS[st].builder == "initramfs-tools":
             boot_initrd[st] = top / f"{st}-timed.img"
             timed_initrd(initrd, boot_initrd[st])
+        else:
+            boot_initrd[st] = initrd
     res = {"date": datetime.date.today().isoformat(), "release": s.release, "reps": a.reps,
            "command": "sh scripts/bench" + (f" --reps {a.reps}" if a.reps != 3 else "")
            + (f" --ram-reps {a.ram_reps}" if a.ram_reps != 1 else ""),
            "machine": machine(), "runs": {st: [] for st in SETUPS},
-           "images": {st: media[st][2].stat().st_size for st in SETUPS},
+           "images": {st: media[st][1].stat().st_size for st in SETUPS},
            "kernel": (stages.rootfs(s.release).joinpath("kernel-version")).read_text().strip()}
     dd = media["dracut"][0] / "debs.txt"
     if dd.exists():
@@ -874,7 +1058,7 @@ def cmd_run(a) -> int:
     say(f"planner: {res['planner']}")
     for rep in range(a.reps):
         for st in SETUPS:
-            src, _, _ = media[st]
+            src, _ = media[st]
             say(f"rep {rep + 1}/{a.reps}: {st}")
             fig = one_run(s, st, src, boot_initrd[st], top / f"{st}-{rep + 1}")
             res["runs"][st].append(fig)
@@ -886,9 +1070,10 @@ def cmd_run(a) -> int:
     rd = [r.get("restore_du_kib") for r in res["runs"]["dracut"] if r.get("restore_du_kib")]
     if rd:
         res["payload"]["dracut_restored_kib"] = int(statistics.median(rd))
-    (top / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{res['date']}-{res['release']}.json").write_text(json.dumps(res, indent=1) + "\n")
+    res["stem"] = new_stem(res["date"], res["release"])
+    (top / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    (RESULTS / f"{res['stem']}.json").write_text(json.dumps(res, indent=1) + "\n")
     render(res, not a.no_readme)
     tbl, _ = table(res)
     print(tbl)
@@ -911,7 +1096,7 @@ def cmd_recompute(a) -> int:
     path = Path(a.results)
     res = json.loads(path.read_text())
     s = scenarios.pick(SCENARIO, res["release"])
-    for st in SETUPS:
+    for st in present(res):
         for i, old in enumerate(res["runs"][st]):
             rundir = Path(old["rundir"])
             tb = qemu.Boot("test", rundir / "test.serial.log", 0.0, False, 0, 0)
@@ -944,32 +1129,47 @@ def cmd_collect(a) -> int:
     tops = [Path(x) for x in a.topdirs]
     base = Path(a.base) if a.base else tops[0] / "results.json"
     res = json.loads(base.read_text())
-    res["runs"] = {st: [] for st in SETUPS}
     s = scenarios.pick(SCENARIO, res["release"])
+    # Run folders by exact name: "dracut-1" is dracut's, "dracut-exitrd-1" is not.
+    timing = re.compile(rf"({'|'.join(map(re.escape, SETUPS))})-\d+")
+    ram_dir = re.compile(rf"ram-({'|'.join(VERBS)})-({'|'.join(map(re.escape, SETUPS))})-\d+")
+    runs: dict[str, list] = {st: [] for st in SETUPS}
+    ram_runs: dict[str, list] = {st: [] for st in SETUPS}
     for top in tops:
-        for st in SETUPS:
-            for fj in sorted(top.glob(f"{st}-*/figures.json")):
-                old = json.loads(fj.read_text())
-                tb = qemu.Boot("test", fj.parent / "test.serial.log", 0.0, False, 0, 0)
-                new = figures(s, tb, None, "", old["next_boot"])
-                new["rundir"] = str(fj.parent)
-                res["runs"][st].append(new)
+        for fj in sorted(top.glob("*/figures.json")):
+            m = timing.fullmatch(fj.parent.name)
+            if not m:
+                continue
+            old = json.loads(fj.read_text())
+            tb = qemu.Boot("test", fj.parent / "test.serial.log", 0.0, False, 0, 0)
+            new = figures(s, tb, None, "", old["next_boot"])
+            new["rundir"] = str(fj.parent)
+            runs[m.group(1)].append(new)
+        for fj in sorted(top.glob("ram-*/ram-figures.json")):
+            m = ram_dir.fullmatch(fj.parent.name)
+            if m:
+                ram_runs[m.group(2)].append(json.loads(fj.read_text()))
+    missing = [st for st in SETUPS if not runs[st]]
+    if missing:
+        say(f"no timing runs of {', '.join(missing)} in these folders: left out")
+    res["runs"] = {st: v for st, v in runs.items() if v}
+    if not res["runs"]:
+        raise SystemExit("no finished runs in " + ", ".join(map(str, tops)))
     res["reps"] = min(len(v) for v in res["runs"].values())
-    for st in SETUPS:
+    for st in res["runs"]:
         res["runs"][st] = res["runs"][st][:res["reps"]]
-    ram_runs = {st: [json.loads(fj.read_text()) for top in tops
-                     for fj in sorted(top.glob(f"ram-*-{st}-*/ram-figures.json"))]
-                for st in SETUPS}
+    ram_runs = {st: v for st, v in ram_runs.items() if st in res["runs"]}
     if any(ram_runs.values()):
         res["ram"] = {"reps": min(sum(r["verb"] == v for r in rs) for rs in ram_runs.values()
                                   for v in VERBS),
-                      "append": ram_append(), "runs": ram_runs}
+                      "append": res.get("ram", {}).get("append") or ram_append(),
+                      "runs": ram_runs}
     res["collected_from"] = [str(x) for x in tops]
     rd = [r.get("restore_du_kib") for r in res["runs"]["dracut"] if r.get("restore_du_kib")]
     if rd:
         res["payload"]["dracut_restored_kib"] = int(statistics.median(rd))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{res['date']}-{res['release']}.json"
+    out = RESULTS / f"{results_stem(res)}.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
     say(f"collected {res['reps']} runs per setup into {out}")
     a.results = str(out)
@@ -987,7 +1187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m tests.bench.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("run", help="boot the three setups and write the results")
+    p = sub.add_parser("run", help="boot the four setups and write the results")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--ram-reps", type=int, default=1,
                    help="RAM boots per setup and verb (power-off, reboot); 0: none")
