@@ -105,6 +105,13 @@ def stack_spec(s, name: str, rundir: Path, kernel: Path, initrd: Path, extra: st
     the kernel and the initramfs given; on a UEFI stack (Scenario.uefi) its firmware and
     GRUB, which load the kernel and initramfs that the disk's /boot holds (the stage's
     saved initramfs is a copy of it) and add root= themselves."""
+    if getattr(s, "builder", "") == "dracut":
+        # dracut's initrd gives up on a missing root device after 180 s (its initqueue,
+        # rd.retry) and systemd's device jobs after 90 s (rd.timeout): under emulation on
+        # a starved host (qemu got 82 s of CPU in 420 s) the disk driver bound at 168 s
+        # and the boot ended in dracut's emergency shell. (initramfs-tools waits 180 s
+        # too, ROOTDELAY; not seen to run out so far.)
+        extra = f"{extra} rd.retry=600 rd.timeout=600"
     if s.uefi:
         return BootSpec(name, rundir, None, None, extra.strip(), timeout, uefi=True, **kw)
     return BootSpec(name, rundir, kernel, initrd, f"root={s.root} ro {extra}".strip(),
