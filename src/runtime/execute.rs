@@ -4,11 +4,11 @@
 use super::deadline::Deadline;
 use super::report::{display_name, say_gone};
 use super::schedule::Executor;
-use super::worker::{self, bounded, bounded_close, Outcome};
+use super::worker::{self, bounded, bounded_close, bounded_patient, Outcome, Patience};
 use super::{procs, read_topology, watchdog};
 use crate::plan::Step;
 use crate::say;
-use crate::teardown::{dm, loopdev, md, nbd, swap};
+use crate::teardown::{dm, loopdev, md, nbd, swap, Closed};
 use crate::topology::Topology;
 use std::io;
 use std::path::Path;
@@ -30,7 +30,9 @@ impl Executor for Real<'_> {
     }
 
     fn run(&mut self, step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
-        execute(step, topo, timeout)
+        // Work the kernel is still doing may go on past the step's time, up to the
+        // deadline (see worker::Patience).
+        execute(step, topo, timeout, timeout.max(self.deadline.left()))
     }
 
     fn elapsed(&self) -> Duration {
@@ -55,7 +57,12 @@ impl Executor for Real<'_> {
     }
 }
 
-fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
+fn execute(step: &Step, topo: &Topology, timeout: Duration, limit: Duration) -> Outcome {
+    let patience = || Patience {
+        stalled: timeout,
+        limit,
+        doing: Some(step.describe()),
+    };
     let number = |device: &str| -> io::Result<(u32, u32)> {
         topo.devices
             .get(device)
@@ -75,11 +82,14 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration) -> Outcome {
             )
             .map_err(io::Error::from)
         }),
-        Step::SwapOff { path, .. } => bounded(timeout, move || swap::swapoff(Path::new(&path))),
+        Step::SwapOff { path, .. } => bounded_patient(patience(), move || {
+            swap::swapoff(Path::new(&path)).map(|()| Closed::Done)
+        }),
         // UMOUNT_NOFOLLOW: a mount point that became a symlink (a process of the old
         // system can still rename and link until it is killed) must not lead elsewhere.
-        Step::Unmount { mount_point, .. } => bounded(timeout, move || {
+        Step::Unmount { mount_point, .. } => bounded_patient(patience(), move || {
             nix::mount::umount2(mount_point.as_path(), nix::mount::MntFlags::UMOUNT_NOFOLLOW)
+                .map(|()| Closed::Done)
                 .map_err(io::Error::from)
         }),
         Step::RemoveDm { name, device, .. } => match number(&device) {
@@ -245,7 +255,12 @@ mod tests {
             source: "tmpfs".into(),
             device: None,
         };
-        let outcome = execute(&step, &Topology::default(), Duration::from_secs(5));
+        let outcome = execute(
+            &step,
+            &Topology::default(),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        );
         let still_mounted = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .contains(&*target.to_string_lossy());

@@ -81,6 +81,40 @@ pub fn bounded<F: FnOnce() -> io::Result<()>>(timeout: Duration, op: F) -> Outco
 /// [`bounded`] for an operation that closes a device and may find it gone already:
 /// [`Closed::Gone`] comes back as [`Outcome::Gone`].
 pub fn bounded_close<F: FnOnce() -> io::Result<Closed>>(timeout: Duration, op: F) -> Outcome {
+    bounded_patient(Patience::fixed(timeout), op)
+}
+
+/// How long a step's worker is waited for: `stalled` at first; then, while the kernel
+/// keeps working for it (the worker's CPU time grows), on up to `limit`. An unmount that
+/// frees much memory under `init_on_free=1`, or a swapoff that reads pages back, is slow
+/// work in progress on a slow or busy machine: given up on, it would leave everything
+/// under it busy for nothing. A worker asleep in the kernel (a dead server, a suspended
+/// device) uses no CPU and is still given up on after `stalled`.
+#[derive(Clone, Debug)]
+pub struct Patience {
+    pub stalled: Duration,
+    pub limit: Duration,
+    /// Said in the log when the wait goes on past `stalled` ("unmounting /oldroot").
+    pub doing: Option<String>,
+}
+
+impl Patience {
+    pub fn fixed(timeout: Duration) -> Patience {
+        Patience {
+            stalled: timeout,
+            limit: timeout,
+            doing: None,
+        }
+    }
+}
+
+/// CPU time (clock ticks, user + system) a worker must have used in the last
+/// [`PROGRESS_WINDOW`] to count as making progress: a tenth of a CPU.
+const PROGRESS_TICKS: u64 = 10;
+const PROGRESS_WINDOW: Duration = Duration::from_secs(1);
+
+/// [`bounded_close`] with a wait that goes on while the worker makes progress.
+pub fn bounded_patient<F: FnOnce() -> io::Result<Closed>>(patience: Patience, op: F) -> Outcome {
     let (reader, writer, forked) = match start_worker() {
         Ok(started) => started,
         // Not run inline: an operation that can block forever must never run in PID 1
@@ -109,7 +143,7 @@ pub fn bounded_close<F: FnOnce() -> io::Result<Closed>>(timeout: Duration, op: F
         }
         ForkResult::Parent { child } => {
             drop(writer);
-            let outcome = wait_for(child, timeout);
+            let outcome = wait_for(child, &patience);
             match outcome {
                 Outcome::Failed(e) => {
                     let mut buf = [0u8; 512];
@@ -261,9 +295,29 @@ pub fn errno(e: &io::Error) -> Option<i32> {
     })
 }
 
-fn wait_for(child: Pid, timeout: Duration) -> Outcome {
+/// A process's CPU time so far (clock ticks, user + system), from `/proc/PID/stat`
+/// (which, unlike `cmdline`, takes none of the process's locks).
+fn cpu_ticks(pid: Pid) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat)
+}
+
+/// utime + stime from a `/proc/PID/stat` line: fields 14 and 15, counted after the
+/// command name, which is in parentheses and may itself hold spaces and parentheses.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_comm.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn wait_for(child: Pid, patience: &Patience) -> Outcome {
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
+    let timeout = patience.stalled;
+    // Past `stalled`: the start of the current progress window and the CPU time then.
+    let mut window: Option<(Instant, u64)> = None;
     loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, 0)) => return Outcome::Done,
@@ -280,17 +334,45 @@ fn wait_for(child: Pid, timeout: Duration) -> Outcome {
             Ok(_) => {}
             Err(e) => return Outcome::Failed(io::Error::other(format!("waitpid: {e}"))),
         }
-        if start.elapsed() >= timeout {
-            // May not die if it sits in D state; reap_all() collects it if it ever does.
-            let _ = kill(child, Signal::SIGKILL);
-            if let Ok(mut v) = ABANDONED.lock() {
-                v.push(child.as_raw());
+        if start.elapsed() >= timeout && start.elapsed() < patience.limit {
+            let now = Instant::now();
+            let ticks = cpu_ticks(child);
+            match (window, ticks) {
+                (None, Some(t)) => {
+                    window = Some((now, t));
+                    if let Some(doing) = &patience.doing {
+                        crate::say!(
+                            "{doing}: still going after {}s; waiting while the kernel works on it (up to {}s in all)",
+                            timeout.as_secs(),
+                            patience.limit.as_secs()
+                        );
+                    }
+                }
+                (Some((since, before)), Some(t)) if now - since >= PROGRESS_WINDOW => {
+                    if t.saturating_sub(before) < PROGRESS_TICKS {
+                        return give_up(child);
+                    }
+                    window = Some((now, t));
+                }
+                (Some(_), Some(_)) => {}
+                (_, None) => return give_up(child),
             }
-            return Outcome::TimedOut;
+        } else if start.elapsed() >= timeout {
+            return give_up(child);
         }
         watchdog::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
+
+/// Abandons a worker that overran its time.
+fn give_up(child: Pid) -> Outcome {
+    // May not die if it sits in D state; reap_all() collects it if it ever does.
+    let _ = kill(child, Signal::SIGKILL);
+    if let Ok(mut v) = ABANDONED.lock() {
+        v.push(child.as_raw());
+    }
+    Outcome::TimedOut
 }
 
 /// Collects every exited child (PID 1 inherits all orphans). Returns how many were reaped.
@@ -425,5 +507,64 @@ mod tests {
         assert!(matches!(outcome, Outcome::TimedOut));
         assert_eq!(out, b"first\n");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "42 (a) b (c)) R 1 42 42 0 -1 4194560 100 0 0 0 7 35 0 0 20 0 1 0 9 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(42));
+        assert_eq!(parse_cpu_ticks("42 (x) R 1"), None);
+        assert!(cpu_ticks(nix::unistd::getpid()).is_some());
+    }
+
+    fn patience(stalled_ms: u64, limit_ms: u64) -> Patience {
+        Patience {
+            stalled: Duration::from_millis(stalled_ms),
+            limit: Duration::from_millis(limit_ms),
+            doing: Some("test step".into()),
+        }
+    }
+
+    /// A worker that keeps a CPU busy (the kernel freeing memory for an unmount, as seen
+    /// from outside) is waited for past `stalled`; one asleep is given up on soon after.
+    #[test]
+    fn a_busy_worker_gets_time_a_sleeping_one_does_not() {
+        let start = Instant::now();
+        let busy = bounded_patient(patience(200, 20_000), || {
+            let spin = Instant::now();
+            while spin.elapsed() < Duration::from_millis(2500) {
+                std::hint::black_box(0u64);
+            }
+            Ok(Closed::Done)
+        });
+        assert!(busy.is_done(), "busy worker: {busy}");
+        assert!(start.elapsed() >= Duration::from_millis(2500));
+
+        let start = Instant::now();
+        let asleep = bounded_patient(patience(200, 20_000), || {
+            std::thread::sleep(Duration::from_secs(10));
+            Ok(Closed::Done)
+        });
+        assert!(
+            matches!(asleep, Outcome::TimedOut),
+            "sleeping worker: {asleep}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+
+        // Busy or not, never past the limit.
+        let start = Instant::now();
+        let capped = bounded_patient(patience(200, 1500), || loop {
+            std::hint::black_box(0u64);
+        });
+        assert!(matches!(capped, Outcome::TimedOut));
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }
