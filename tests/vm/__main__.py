@@ -23,10 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import stages
+from . import snapshot, stages
 from .logs import shutdown_excerpt, shutdown_seconds
 from .qemu import Boot
-from .runner import evaluate, prepare, print_stats, report, run_scenario, suite
+from .runner import (boot_group, evaluate, prepare, print_stats, report, run_scenario,
+                     suite)
 from .scenarios import POWER_DOWN, SCENARIOS, SYNC_LINE, pick
 
 
@@ -34,6 +35,8 @@ def cmd_run(a) -> int:
     t0 = time.monotonic()
     s = pick(a.scenario, a.release)
     cap = Path(a.capture).resolve() if a.capture else None
+    if snapshot.ENABLED:
+        snapshot.SHARED.add(boot_group(s, a.control))
     r = run_scenario(s, a.control, cap, a.show_log, a.keep)
     print_stats(time.monotonic() - t0)
     return 0 if r.passed else 1

@@ -97,6 +97,10 @@ class BootSpec:
     ram_dump: Path | None = None
     extra_args: tuple[str, ...] = ()   # more qemu arguments (Scenario.qemu_extra)
     uefi: bool = False       # boot through the firmware and the stack's own GRUB
+    # Booted snapshots (tests/vm/snapshot.py): save the running guest's state to this file
+    # once its serial log shows SNAPSHOT_POINT, then quit; or start from a saved state.
+    snapshot_to: Path | None = None
+    incoming: Path | None = None
 
 
 def stack_spec(s, name: str, rundir: Path, kernel: Path, initrd: Path, extra: str,
@@ -157,27 +161,56 @@ def vm_slot(name: str):
             _SLOT_QUEUE.notify_all()
 
 
+# Across processes (a suite beside `prepare`, or a `run` by hand beside a suite), slots go
+# in the order the boots started waiting: each waiting boot leaves a file named by that
+# time in this folder, and tries for a slot only while no live process has an older one.
+# (Before: whichever polled first; a suite's own threads took every slot its runs freed.)
+SLOT_QUEUE = ".vm-slot-queue"
+
+
+def _older_waiter(mine: Path) -> bool:
+    for f in mine.parent.iterdir():
+        if f.name >= mine.name:
+            continue
+        try:
+            os.kill(int(f.name.split("-")[1]), 0)
+        except (ProcessLookupError, ValueError, IndexError):
+            f.unlink(missing_ok=True)   # left by a process that is gone
+            continue
+        except PermissionError:
+            pass
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def vm_slot_across_processes(name: str):
-    CACHE.mkdir(parents=True, exist_ok=True)
+    queue = CACHE / SLOT_QUEUE
+    queue.mkdir(parents=True, exist_ok=True)
+    mine = queue / f"{time.time_ns():020d}-{os.getpid()}-{threading.get_ident()}"
+    mine.touch()
     waited = False
-    while True:
-        for i in range(max(1, VM_SLOTS)):
-            f = open(CACHE / f".vm-slot-{i}.lock", "w")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.close()
-                continue
-            try:
-                yield
-            finally:
-                f.close()
-            return
-        if not waited:
-            say(f"boot {name}: waiting for one of {VM_SLOTS} VM slots (other harness runs)")
-            waited = True
-        time.sleep(2)
+    try:
+        while True:
+            for i in range(max(1, VM_SLOTS)) if not _older_waiter(mine) else ():
+                f = open(CACHE / f".vm-slot-{i}.lock", "w")
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.close()
+                    continue
+                mine.unlink(missing_ok=True)
+                try:
+                    yield
+                finally:
+                    f.close()
+                return
+            if not waited:
+                say(f"boot {name}: waiting for one of {VM_SLOTS} VM slots (other harness runs)")
+                waited = True
+            time.sleep(0.5)
+    finally:
+        mine.unlink(missing_ok=True)
 
 
 def boot(spec: BootSpec, drives: list[Path]) -> Boot:
@@ -291,6 +324,10 @@ def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -
         cmd += ["-drive", f"file={d},if=virtio,format={f},cache=unsafe,discard=unmap"]
     cmd += list(spec.extra_args)
     qmp_path = rundir / f"{name}.qmp"
+    if spec.incoming is not None:
+        cmd += ["-incoming", f"exec:cat {spec.incoming}"]
+    if spec.snapshot_to is not None:
+        cmd += ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
     if spec.ram_dump is not None:
         # Power-off and reset both end with the guest stopped, not gone: its RAM is what
         # an attacker with the machine (or a reboot into their stick) would find.
@@ -318,6 +355,15 @@ def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -
                 polled = time.monotonic()
                 if guest_stopped(qmp_path):
                     save_ram(qmp_path, spec.ram_dump)
+            elif (spec.snapshot_to is not None and time.monotonic() - polled > 1.0
+                  and not spec.snapshot_to.exists()):
+                polled = time.monotonic()
+                try:
+                    text = log_path.read_bytes().decode("utf-8", "replace")
+                except OSError:
+                    text = ""   # qemu has not opened it yet
+                if SNAPSHOT_POINT in text:
+                    save_state(qmp_path, spec.snapshot_to)
             else:
                 time.sleep(0.2)
     b = Boot(name, log_path, time.monotonic() - t0, timed_out, timeout, p.returncode, cpu)
@@ -372,6 +418,33 @@ def save_ram(path: Path, dest: Path) -> None:
     if "error" in answers[0]:
         raise SystemExit(f"pmemsave failed: {answers[0]['error']}")
     say(f"saved the guest's RAM ({size >> 20} MiB) to {dest}")
+
+
+# What the harness logs when a booted snapshot's guest is up and waits for its run's disk.
+SNAPSHOT_POINT = "harness: snapshot point:"
+
+
+def save_state(path: Path, dest: Path) -> None:
+    """Saves the guest's whole state (CPU, devices, RAM) to `dest` through qemu's migration
+    to a command, then quits qemu; `dest` appears only once it is complete. The guest is
+    migrated running (it stops by itself at the end): the state records the run state,
+    and one saved paused would stay paused when restored."""
+    tmp = dest.with_name(dest.name + ".part")
+    qmp(path, {"execute": "migrate", "arguments": {"uri": f"exec:cat > {tmp}"}})
+    t0 = time.monotonic()
+    while True:
+        (st,) = qmp(path, {"execute": "query-migrate"})
+        status = st.get("return", {}).get("status")
+        if status == "completed":
+            break
+        if status in ("failed", "cancelled") or time.monotonic() - t0 > 300:
+            qmp(path, {"execute": "quit"})
+            raise SystemExit(f"saving the guest's state to {dest} failed: {st}")
+        time.sleep(0.5)
+    tmp.rename(dest)
+    qmp(path, {"execute": "quit"})
+    say(f"saved the booted guest's state to {dest} ({dest.stat().st_size >> 20} MiB, "
+        f"{time.monotonic() - t0:.0f} s)")
 
 
 # Multi-threaded TCG does not always drop translated code when the guest kernel patches

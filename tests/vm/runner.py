@@ -4,6 +4,7 @@ suite, every scenario and its control run in parallel threads (one VM slot each)
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import datetime
@@ -13,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import common, qemu, ram
+from . import common, qemu, ram, snapshot
 from .checks import (Check, checks_check_boot, checks_control, checks_test_boot,
                      control_needs_check_boot)
 from .common import CACHE, guest_text, indent, say, stat
@@ -40,6 +41,24 @@ class Result:
     def repeats(self) -> list[str]:
         return [f"{b.name} boot repeated ({b.repeated})" for b in (self.test, self.check)
                 if b is not None and b.repeated]
+
+
+def boot_append(s: Scenario, control: bool) -> str:
+    """The test boot's extra kernel arguments. A control boots without the exitrd.*
+    switches: nothing reads them without the package, and controls that differ only in
+    those then boot alike (and share a booted snapshot)."""
+    if not control:
+        return s.append
+    return " ".join(a for a in s.append.split() if not a.startswith("exitrd."))
+
+
+def boot_group(s: Scenario, control: bool) -> tuple:
+    """What a test boot's guest state after booting depends on (short of the disks'
+    stage keys, which follow from these): runs of a suite with the same group can start
+    from one booted snapshot."""
+    media = "base" if control or s.media == "base+deb" else s.media
+    return (stack_name(s), s.builder, s.release, media, boot_append(s, control),
+            s.qemu_extra, bool(s.watchdog))
 
 
 def run_scenario(s: Scenario, control: bool, capture: Path | None = None,
@@ -90,19 +109,34 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
     if s.media == "base+deb" and not control:
         files["exitrd.deb"] = find_deb()
     disks: list[Path] = []
+    dump = rundir / "test.ram" if s.ram else None
+    spec = stack_spec(s, "test", rundir, base / "vmlinuz", initrd, boot_append(s, control),
+                      s.timeout_test, nbd=nbd_of(s, test=True, control=control),
+                      ram_dump=dump, extra_args=s.qemu_extra
+                      + (("-device", "i6300esb") if s.watchdog else ()))
+    snap = None
+    if snapshot.eligible(s) and boot_group(s, control) in snapshot.SHARED and not capture:
+        try:
+            snap = snapshot.booted(spec, sorted(src.glob("disk*.qcow2")))
+        except SystemExit as e:
+            r = Result(label, False, [], rundir, error=f"booted snapshot: {e}")
+            report(r)
+            return r
 
     def setup_test() -> list[Path]:
-        disks[:] = [overlay(d, rundir / d.name) for d in sorted(src.glob("disk*.qcow2"))]
         make_harness_disk(hd, files, {"TOKEN": token, "CAPTURE": "1" if capture else "0",
                                       "CONTROL": "1" if control else "0", "VERB": s.verb,
                                       "WATCHDOG": s.watchdog or ""})
+        if snap is not None:
+            drives = snapshot.restore_drives(snap, rundir, hd)
+            disks[:] = drives[:-2]
+            return drives
+        disks[:] = [overlay(d, rundir / d.name) for d in sorted(src.glob("disk*.qcow2"))]
         return disks + [hd]
 
-    dump = rundir / "test.ram" if s.ram else None
-    tb = boot_fresh(stack_spec(s, "test", rundir, base / "vmlinuz", initrd, s.append,
-                               s.timeout_test, nbd=nbd_of(s, test=True, control=control),
-                               ram_dump=dump, extra_args=s.qemu_extra
-                               + (("-device", "i6300esb") if s.watchdog else ())), setup_test)
+    tb = boot_fresh(snapshot.restored(spec, snap) if snap else spec, setup_test)
+    if snap is not None:
+        snapshot.join_log(tb, snap)
     stat(f"{label}: test boot", tb.wall)
     if dump is not None and dump.exists():
         t0 = time.monotonic()
@@ -145,6 +179,7 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
         for d in disks:
             d.with_name(f"check-{d.name}").unlink(missing_ok=True)
             d.unlink(missing_ok=True)
+        (rundir / "harness-wait.qcow2").unlink(missing_ok=True)
     return res
 
 
@@ -262,6 +297,11 @@ def suite(chosen: list[Scenario], keep: bool = False) -> int:
     jobs = suite_order(chosen)
     if any(not s.live for s, _ in jobs):
         find_deb()   # once, before the threads need it
+    if snapshot.ENABLED:
+        groups = collections.Counter(boot_group(s, c) for s, c in jobs if snapshot.eligible(s))
+        snapshot.SHARED.update(g for g, n in groups.items() if n > 1)
+        say(f"suite: booted snapshots for {len(snapshot.SHARED)} groups of runs "
+            f"({sum(groups[g] for g in snapshot.SHARED)} runs)")
     # A thread per run: one waiting for a stage that another builds (a cache lock) holds no
     # VM slot, and the slots go to the waiting boots in this order (qemu.vm_slot).
     qemu.PARALLEL = qemu.VM_SLOTS > 1
