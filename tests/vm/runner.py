@@ -114,10 +114,11 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
                       s.timeout_test, nbd=nbd_of(s, test=True, control=control),
                       ram_dump=dump, extra_args=s.qemu_extra
                       + (("-device", "i6300esb") if s.watchdog else ()))
+    src_disks = sorted(src.glob("disk*.qcow2"))
     snap = None
     if snapshot.eligible(s) and boot_group(s, control) in snapshot.SHARED and not capture:
         try:
-            snap = snapshot.booted(spec, sorted(src.glob("disk*.qcow2")))
+            snap = snapshot.booted(spec, src_disks)
         except SystemExit as e:
             r = Result(label, False, [], rundir, error=f"booted snapshot: {e}")
             report(r)
@@ -131,7 +132,7 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
             drives = snapshot.restore_drives(snap, rundir, hd)
             disks[:] = drives[:-2]
             return drives
-        disks[:] = [overlay(d, rundir / d.name) for d in sorted(src.glob("disk*.qcow2"))]
+        disks[:] = [overlay(d, rundir / d.name) for d in src_disks]
         return disks + [hd]
 
     tb = boot_fresh(snapshot.restored(spec, snap) if snap else spec, setup_test)

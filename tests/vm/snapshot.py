@@ -15,6 +15,7 @@ boot. Not for UEFI, network-root, live or RAM-search runs (not tried yet)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import subprocess
 from pathlib import Path
@@ -38,6 +39,7 @@ def eligible(s) -> bool:
     return ENABLED and not (s.uefi or s.nbd_root or s.live or s.ram)
 
 
+@functools.lru_cache(maxsize=1)
 def qemu_version() -> str:
     r = subprocess.run([qemu.QEMU, "--version"], capture_output=True, text=True, check=False)
     return r.stdout.splitlines()[0] if r.stdout else "unknown"
