@@ -12,7 +12,9 @@ use std::time::Duration;
 /// Where the payload lives after the pivot: the root of the exitrd tmpfs.
 const CONFIG_FILE: &str = "/exitrd.conf";
 /// Test-only fault switches (`exitrd.fault=`) are honoured only when this file is in the
-/// payload, which no package ships: the VM tests put it there.
+/// payload, which no package ships: the VM tests put it there. Switches may also be
+/// written into it (words as on the command line), so that a test sets them on a booted
+/// system and its guest boots as every other run on the same disks does.
 const FAULTS_ALLOWED_FILE: &str = "/test-faults-allowed";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +49,8 @@ pub fn budget(cfg: &Config, systemd_timeout: Option<Duration>) -> Duration {
     cfg.timeout.min(within_systemd)
 }
 
-/// Test-only faults from the kernel command line, see [`FAULTS_ALLOWED_FILE`].
+/// Test-only faults from the kernel command line and the switch file, see
+/// [`FAULTS_ALLOWED_FILE`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Faults {
     pub panic: bool,
@@ -92,9 +95,22 @@ pub fn load_config(cmdline: &str) -> Config {
     cfg
 }
 
-/// The fault switches of `cmdline`, if the payload allows them (see [`FAULTS_ALLOWED_FILE`]).
+/// The fault switches of `cmdline` and of the switch file, if the payload has that file
+/// (see [`FAULTS_ALLOWED_FILE`]).
 pub fn test_faults(cmdline: &str) -> Faults {
-    gated_faults(Path::new(FAULTS_ALLOWED_FILE).exists(), cmdline)
+    switch_file_faults(Path::new(FAULTS_ALLOWED_FILE), cmdline)
+}
+
+fn switch_file_faults(file: &Path, cmdline: &str) -> Faults {
+    match std::fs::read(file) {
+        Ok(bytes) => {
+            let words = String::from_utf8_lossy(&bytes);
+            gated_faults(true, &format!("{cmdline} {words}"))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => gated_faults(false, cmdline),
+        // There but unreadable: allowed, with the command line's switches only.
+        Err(_) => gated_faults(true, cmdline),
+    }
 }
 
 fn gated_faults(allowed: bool, cmdline: &str) -> Faults {
@@ -186,5 +202,24 @@ mod tests {
         assert_eq!(gated_faults(false, cmdline), Faults::default());
         let allowed = gated_faults(true, cmdline);
         assert!(allowed.hang && allowed.panic && allowed.abort);
+    }
+
+    /// The switch file's words count as the command line's do; without the file, neither.
+    #[test]
+    fn fault_switches_written_into_the_switch_file() {
+        let dir = std::env::temp_dir().join(format!("exitrd-faults-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("test-faults-allowed");
+        assert_eq!(
+            switch_file_faults(&file, "exitrd.fault=panic"),
+            Faults::default()
+        );
+        std::fs::write(&file, "").unwrap();
+        assert!(switch_file_faults(&file, "exitrd.fault=panic").panic);
+        std::fs::write(&file, "exitrd.fault=abort\nexitrd.fault=verb:sing\n").unwrap();
+        let f = switch_file_faults(&file, "quiet");
+        assert!(f.abort && !f.panic && !f.hang);
+        assert_eq!(f.verb.as_deref(), Some("sing"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

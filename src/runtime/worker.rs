@@ -334,31 +334,35 @@ fn wait_for(child: Pid, patience: &Patience) -> Outcome {
             Ok(_) => {}
             Err(e) => return Outcome::Failed(io::Error::other(format!("waitpid: {e}"))),
         }
-        if start.elapsed() >= timeout && start.elapsed() < patience.limit {
+        let elapsed = start.elapsed();
+        if elapsed >= patience.limit.max(timeout) {
+            return give_up(child);
+        }
+        if elapsed >= timeout {
             let now = Instant::now();
-            let ticks = cpu_ticks(child);
-            match (window, ticks) {
-                (None, Some(t)) => {
-                    window = Some((now, t));
-                    if let Some(doing) = &patience.doing {
-                        crate::say!(
-                            "{doing}: still going after {}s; waiting while the kernel works on it (up to {}s in all)",
-                            timeout.as_secs(),
-                            patience.limit.as_secs()
-                        );
+            // The worker's CPU time is read once a window, at its end: is it still going?
+            let window_over = window.is_none_or(|(since, _)| now - since >= PROGRESS_WINDOW);
+            if window_over {
+                let Some(ticks) = cpu_ticks(child) else {
+                    return give_up(child);
+                };
+                match window {
+                    None => {
+                        if let Some(doing) = &patience.doing {
+                            crate::say!(
+                                "{doing}: still going after {}s; waiting while the kernel works on it (up to {}s in all)",
+                                timeout.as_secs(),
+                                patience.limit.as_secs()
+                            );
+                        }
                     }
-                }
-                (Some((since, before)), Some(t)) if now - since >= PROGRESS_WINDOW => {
-                    if t.saturating_sub(before) < PROGRESS_TICKS {
+                    Some((_, before)) if ticks.saturating_sub(before) < PROGRESS_TICKS => {
                         return give_up(child);
                     }
-                    window = Some((now, t));
+                    Some(_) => {}
                 }
-                (Some(_), Some(_)) => {}
-                (_, None) => return give_up(child),
+                window = Some((now, ticks));
             }
-        } else if start.elapsed() >= timeout {
-            return give_up(child);
         }
         watchdog::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));

@@ -307,11 +307,13 @@ def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -
     if net is not None:
         i = base.index("-nic")
         base[i:i + 2] = net   # in place of "-nic none"
-    if spec.uefi:
+    if spec.uefi and spec.incoming is None:
+        # GRUB's arguments for this boot; a restored guest (spec.incoming) is past GRUB.
         harness = [d for d in drives if d.name.startswith("harness")]
         if len(harness) != 1:
             raise SystemExit(f"boot {name}: a UEFI boot needs one HARNESS disk, got {drives}")
         grub_args(harness[0], spec.append)
+    if spec.uefi:
         cmd = base + ["-bios", str(OVMF), "-serial", f"file:{log_path}"]
     else:
         cmd = base + [

@@ -43,6 +43,12 @@ class Result:
                 if b is not None and b.repeated]
 
 
+# Every test boot has a hardware watchdog, as servers do: armed only where a scenario
+# says so (Scenario.watchdog) or by systemd's own default for a reboot (10 min); and runs
+# that differ only in arming it boot alike (one booted snapshot).
+WATCHDOG_DEVICE = ("-device", "i6300esb")
+
+
 def boot_append(s: Scenario, control: bool) -> str:
     """The test boot's extra kernel arguments. A control boots without the exitrd.*
     switches: nothing reads them without the package, and controls that differ only in
@@ -58,7 +64,7 @@ def boot_group(s: Scenario, control: bool) -> tuple:
     from one booted snapshot."""
     media = "base" if control or s.media == "base+deb" else s.media
     return (stack_name(s), s.builder, s.release, media, boot_append(s, control),
-            s.qemu_extra, bool(s.watchdog))
+            s.qemu_extra)
 
 
 def run_scenario(s: Scenario, control: bool, capture: Path | None = None,
@@ -112,8 +118,7 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
     dump = rundir / "test.ram" if s.ram else None
     spec = stack_spec(s, "test", rundir, base / "vmlinuz", initrd, boot_append(s, control),
                       s.timeout_test, nbd=nbd_of(s, test=True, control=control),
-                      ram_dump=dump, extra_args=s.qemu_extra
-                      + (("-device", "i6300esb") if s.watchdog else ()))
+                      ram_dump=dump, extra_args=s.qemu_extra + WATCHDOG_DEVICE)
     src_disks = sorted(src.glob("disk*.qcow2"))
     snap = None
     if snapshot.eligible(s) and boot_group(s, control) in snapshot.SHARED and not capture:
@@ -127,7 +132,7 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
     def setup_test() -> list[Path]:
         make_harness_disk(hd, files, {"TOKEN": token, "CAPTURE": "1" if capture else "0",
                                       "CONTROL": "1" if control else "0", "VERB": s.verb,
-                                      "WATCHDOG": s.watchdog or ""})
+                                      "WATCHDOG": s.watchdog or "", "FAULT": s.fault})
         if snap is not None:
             drives = snapshot.restore_drives(snap, rundir, hd)
             disks[:] = drives[:-2]

@@ -91,6 +91,10 @@ class Scenario:
     # Fault injection and extra expectations:
     test_extra: str | None = None        # guest/<script> run by the test boot before poweroff
     append: str = ""                     # extra kernel command line for the test boot
+    # Test-only exitrd.fault= switches, written by test_extra into the payload's switch
+    # file on the booted system (not on the command line: the guest boots as the other
+    # runs on its disks do, from their booted snapshot).
+    fault: str = ""
     expect: tuple[str, ...] = ()         # more lines required in the test boot's log
     forbid: tuple[str, ...] = ()         # lines that must not appear in it
     left: tuple[str, ...] = ()           # devices the exitrd must report as left (else none)
@@ -139,8 +143,10 @@ class Scenario:
     ram: tuple[str, ...] = ()
     verb: str = "poweroff"               # how the test boot ends ("reboot": set final_line)
     qemu_extra: tuple[str, ...] = ()     # more qemu arguments for the test boot (devices)
-    # The shutdown watchdog: qemu's i6300esb, armed by systemd with RebootWatchdogSec= this
-    # (test.sh; systemd arms it only for reboot and kexec, so use verb="reboot").
+    # The shutdown watchdog: every test boot has qemu's i6300esb, as servers have a
+    # watchdog (runner.WATCHDOG_DEVICE); this arms it: systemd's RebootWatchdogSec= for
+    # the test boot (test.sh; systemd arms it only for reboot and kexec, so use
+    # verb="reboot"; unset, systemd's default of 10 min applies to a reboot).
     watchdog: str | None = None
     # Booted as the installed machine boots: the firmware (OVMF) runs GRUB from the
     # stack's ESP, GRUB loads the kernel and initramfs from its /boot, instead of qemu
@@ -262,6 +268,10 @@ scenario(name="luks-root-dracut", builder="dracut", installer="install-luks-root
 # init_on_free=1 as Tails boots) and, in a second run, after a warm reboot.
 ENCRYPTED_LVM = dict(
     installer="install-encrypted-lvm.sh", disks=("4G",), uefi=True, check_md=False,
+    # As Tails boots (memory zeroed as it is freed) on every run of this stack, so that its
+    # runs boot alike and start from one booted snapshot. exitrd's default step time: an
+    # unmount slowed by the zeroing is waited for while it progresses.
+    append="init_on_free=1",
     root="/dev/mapper/exitrd--vm--vg-root",
     extra_packages=("dosfstools", "fdisk", "grub-efi-amd64"),
     closed=("exitrd--vm--vg-root", "vda3_crypt"),
@@ -275,8 +285,7 @@ ENCRYPTED_LVM_RUN = dict(
     forbid=("harness: pre-pivot mount: /boot*", "harness: pre-pivot swap *"),
     control_fails=("closed (by exitrd or the kernel)",),
 )
-RAM_ALL = dict(ram=("key", "tmpfs", "page-cache"),
-               append="init_on_free=1 exitrd.step_timeout=30s")
+RAM_ALL = dict(ram=("key", "tmpfs", "page-cache"))
 RAM_FAILS = ("LUKS volume keys gone from RAM", "tmpfs pattern erased from RAM",
              "page-cache pattern erased from RAM")
 # Issue 14, the record of the last shutdown: exitrd writes it to the plain ext4 /boot
@@ -376,7 +385,7 @@ scenario(
 )
 scenario(
     name="fault-panic", **{**FAULT_STACK, "closed": (), "closed_by_exitrd": ()},
-    inventory=False, test_extra="fault-panic.sh", append="exitrd.fault=panic",
+    inventory=False, test_extra="fault-panic.sh", fault="exitrd.fault=panic",
     expect=("exitrd: internal error: *test fault exitrd.fault=panic*",
             "exitrd: unmounted /oldroot (ext4 on /dev/mapper/vg0-root)",
             "exitrd: powering off"),
@@ -384,7 +393,7 @@ scenario(
 )
 scenario(
     name="fault-abort", **{**FAULT_STACK, "closed": (), "closed_by_exitrd": ()},
-    inventory=False, test_extra="fault-panic.sh", append="exitrd.fault=abort",
+    inventory=False, test_extra="fault-panic.sh", fault="exitrd.fault=abort",
     expect=("exitrd: test fault exitrd.fault=abort: aborting after unmounting",
             "exitrd: fatal: aborted (SIGABRT); emergency sync, then the final reboot call",
             "Emergency Sync complete"),
@@ -426,7 +435,7 @@ scenario(
                             # bound: the check that the VM ended right after the hang
                             # line (and the boot's time limit) stand for it.
                             "max_shutdown": None},
-    inventory=False, test_extra="fault-wedged.sh", append="exitrd.fault=hang",
+    inventory=False, test_extra="fault-wedged.sh", fault="exitrd.fault=hang",
     watchdog="6s", verb="reboot", final_line=HANG_LINE, ends_at_final_line=True,
     expect=("harness: watchdog: /dev/watchdog0, RebootWatchdogUSec=6s",
             "harness: fault switch in the payload",
@@ -442,7 +451,7 @@ scenario(
 )
 scenario(
     name="fault-bad-input", **FAULT_STACK, kernel_lines=(MD0_STOPPED,),
-    test_extra="fault-config.sh", append="exitrd.fault=verb:sing",
+    test_extra="fault-config.sh", fault="exitrd.fault=verb:sing",
     final_line="reboot: Restarting system",
     expect=('exitrd: unknown verb "sing": rebooting',
             "exitrd: /exitrd.conf: line 1: bad value*",

@@ -10,7 +10,11 @@ then saves the guest's state (qemu.save_state) with the disks' state in qcow2 ov
 A run restores it (qemu -incoming) on overlays of those, with its own HARNESS disk in the
 slot; the waiting script finds it there, mounts it and runs its run.sh. The serial log of
 the run is the snapshot's boot followed by the run's own part, so that the checks see one
-boot. Not for UEFI, network-root, live or RAM-search runs (not tried yet)."""
+boot. On a UEFI stack the snapshot's HARNESS disk carries GRUB's arguments (qemu.grub_args)
+and a restored run needs none. RAM-search runs restore too: their RAM is that of one
+guest's life, the snapshot's boot included (the volume key was set at its unlock). Not
+for network-root runs (the NBD server and the guest's connection to it belong to one qemu
+process) nor live ones (two runs, two media: nothing to share)."""
 
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ SERIAL = "snapshot.serial.log"
 
 
 def eligible(s) -> bool:
-    return ENABLED and not (s.uefi or s.nbd_root or s.live or s.ram)
+    return ENABLED and not (s.nbd_root or s.live)
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,11 +54,13 @@ def booted(spec: BootSpec, src_disks: list[Path]) -> Path:
     makes the guest's state: disks, kernel, initramfs, command line, devices, vCPUs)."""
     key = key_of("booted", [str(d) for d in src_disks], str(spec.kernel), str(spec.initrd),
                  spec.append, list(spec.extra_args), qemu.QEMU_BASE, qemu.vm_cpus(),
+                 str(qemu.OVMF) if spec.uefi else "",
                  qemu_version(), guest_text("snapshot-wait.sh"), guest_text("lib.sh"))
 
     def build(tmp: Path) -> None:
         disks = [overlay(d, tmp / d.name) for d in src_disks]
-        wait, slot = tmp / "harness-wait.img", tmp / "harness-slot.img"
+        # Only the waiting disk is named harness*: on a UEFI stack it takes grub.cfg.
+        wait, slot = tmp / "harness-wait.img", tmp / "slot.img"
         # virtio disks get their names in the order of the command line.
         run_dev = "/dev/vd" + chr(ord("a") + len(disks) + 1)
         make_harness_disk(wait, {"run.sh": guest_text("snapshot-wait.sh")},

@@ -41,7 +41,7 @@ fi
 extra=${HARNESS_LIB%/*}/extra.sh
 if [ -f "$extra" ]; then
 	log "running the scenario's extra.sh"
-	(cd / && sh "$extra")
+	(cd / && FAULT=${FAULT:-} sh "$extra")
 fi
 # Scenario.verb: the harness always asks for "systemctl poweroff"; for a reboot, make
 # poweroff.target an alias of reboot.target for the rest of this boot (/run is not kept).
