@@ -221,12 +221,22 @@ fn udev_encode(label: &str) -> String {
 /// `PARTLABEL=`, a `/dev` path), through the links below `root/dev`.
 pub fn resolve_spec(root: &Path, spec: &str) -> Option<String> {
     let unquote = |v: &str| v.trim_matches('"').to_string();
+    // udev names by-uuid links as blkid spells the UUID: upper case for vfat
+    // (`2B21-9671`, as the installer's fstab has it too), lower case for ext4; the spec
+    // as written first, then in lower case for an ext4 UUID written in capitals.
+    let by_id = |dir: &str, v: &str| {
+        let dir = root.join(dir);
+        let as_written = dir.join(unquote(v));
+        if std::fs::symlink_metadata(&as_written).is_ok() {
+            as_written
+        } else {
+            dir.join(unquote(v).to_ascii_lowercase())
+        }
+    };
     let link: PathBuf = if let Some(v) = spec.strip_prefix("UUID=") {
-        root.join("dev/disk/by-uuid")
-            .join(unquote(v).to_ascii_lowercase())
+        by_id("dev/disk/by-uuid", v)
     } else if let Some(v) = spec.strip_prefix("PARTUUID=") {
-        root.join("dev/disk/by-partuuid")
-            .join(unquote(v).to_ascii_lowercase())
+        by_id("dev/disk/by-partuuid", v)
     } else if let Some(v) = spec.strip_prefix("LABEL=") {
         root.join("dev/disk/by-label")
             .join(udev_encode(&unquote(v)))

@@ -125,13 +125,17 @@ fn specs_resolve_through_the_by_links() {
         "resolve",
         &[("dev/vda2", "")],
         &[
-            ("dev/disk/by-uuid/ab12-cd34", "../../vda1"),
+            // As udev names them (trixie VM): vfat in capitals, ext4 in lower case.
+            ("dev/disk/by-uuid/AB12-CD34", "../../vda1"),
+            ("dev/disk/by-uuid/1234-abcd", "../../vda2"),
             ("dev/disk/by-partuuid/0a1b", "../../vda1"),
             ("dev/disk/by-label/my\\x20boot", "../../vda2"),
             ("dev/mapper/vg-boot", "../dm-3"),
         ],
     );
     assert_eq!(resolve_spec(&r, "UUID=AB12-CD34").as_deref(), Some("vda1"));
+    assert_eq!(resolve_spec(&r, "UUID=1234-abcd").as_deref(), Some("vda2"));
+    assert_eq!(resolve_spec(&r, "UUID=1234-ABCD").as_deref(), Some("vda2"));
     assert_eq!(resolve_spec(&r, "PARTUUID=0A1B").as_deref(), Some("vda1"));
     assert_eq!(
         resolve_spec(&r, "LABEL=\"my boot\"").as_deref(),
@@ -229,7 +233,7 @@ fn esp_machine(name: &str, rec: Option<&Record>, previous: &str) -> PathBuf {
         &files,
         &[
             ("dev/disk/by-uuid/1234", "../../vda2"),
-            ("dev/disk/by-uuid/ab12", "../../vda1"),
+            ("dev/disk/by-uuid/AB12", "../../vda1"),
         ],
     )
 }
