@@ -328,20 +328,21 @@ def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -
     qmp_path = rundir / f"{name}.qmp"
     if spec.incoming is not None:
         cmd += ["-incoming", f"exec:cat {spec.incoming}"]
-    if spec.snapshot_to is not None:
-        cmd += ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
     if spec.ram_dump is not None:
         # Power-off and reset both end with the guest stopped, not gone: its RAM is what
         # an attacker with the machine (or a reboot into their stick) would find.
         cmd.remove("-no-reboot")
-        cmd += ["-action", "reboot=shutdown,shutdown=pause",
-                "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+        cmd += ["-action", "reboot=shutdown,shutdown=pause"]
+    if spec.snapshot_to or spec.incoming or spec.ram_dump:
+        cmd += ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
     (rundir / f"{name}.qemu-cmd").write_text(" ".join(cmd) + "\n")
     say(f"boot {name}: {log_path} (limit {timeout} s)")
     t0 = time.monotonic()
     with open(rundir / f"{name}.qemu-stderr", "wb") as err:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         timed_out, status, cpu, polled = False, None, 0.0, 0.0
+        # A restored guest was saved stopped (save_state) and comes up paused.
+        resumed = spec.incoming is None
         while status is None:
             # wait4, not wait: it also gives the child's CPU time, which tells how much of
             # the host the guest used (a parallel suite's throughput depends on it).
@@ -352,6 +353,9 @@ def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -
             elif time.monotonic() - t0 > timeout and not timed_out:
                 timed_out = True
                 p.kill()
+            elif not resumed and time.monotonic() - polled > 0.2:
+                polled = time.monotonic()
+                resumed = resume_restored(qmp_path)
             elif (spec.ram_dump is not None and time.monotonic() - polled > 1.0
                   and not spec.ram_dump.exists()):
                 polled = time.monotonic()
@@ -410,6 +414,22 @@ def guest_stopped(path: Path) -> bool:
     return status.get("return", {}).get("status") in ("shutdown", "paused", "guest-panicked")
 
 
+def resume_restored(path: Path) -> bool:
+    """Lets a guest restored from a booted snapshot run once its state is loaded (it was
+    saved stopped, so it arrives paused). True once it runs."""
+    if not path.exists():
+        return False
+    try:
+        (status,) = qmp(path, {"execute": "query-status"})
+        state = status.get("return", {}).get("status")
+        if state == "paused":
+            qmp(path, {"execute": "cont"})
+            return True
+    except (OSError, ValueError):
+        return False
+    return state == "running"
+
+
 def save_ram(path: Path, dest: Path) -> None:
     """Saves the guest's RAM (physical addresses 0 to its size: below qemu's PCI hole, so
     all of it) to `dest`, then quits qemu."""
@@ -429,10 +449,12 @@ SNAPSHOT_POINT = "harness: snapshot point:"
 def save_state(path: Path, dest: Path) -> None:
     """Saves the guest's whole state (CPU, devices, RAM) to `dest` through qemu's migration
     to a command, then quits qemu; `dest` appears only once it is complete. The guest is
-    migrated running (it stops by itself at the end): the state records the run state,
-    and one saved paused would stay paused when restored."""
+    stopped first: a running guest's migration under multi-threaded TCG could miss pages
+    it wrote meanwhile (a UEFI guest saved while still booting oopsed in free_pgtables
+    and list_del at every restore); restored, it arrives paused (resume_restored)."""
     tmp = dest.with_name(dest.name + ".part")
-    qmp(path, {"execute": "migrate", "arguments": {"uri": f"exec:cat > {tmp}"}})
+    qmp(path, {"execute": "stop"},
+        {"execute": "migrate", "arguments": {"uri": f"exec:cat > {tmp}"}})
     t0 = time.monotonic()
     while True:
         (st,) = qmp(path, {"execute": "query-migrate"})

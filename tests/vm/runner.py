@@ -64,7 +64,7 @@ def boot_group(s: Scenario, control: bool) -> tuple:
     from one booted snapshot."""
     media = "base" if control or s.media == "base+deb" else s.media
     return (stack_name(s), s.builder, s.release, media, boot_append(s, control),
-            s.qemu_extra)
+            s.qemu_extra, s.uefi)
 
 
 def run_scenario(s: Scenario, control: bool, capture: Path | None = None,

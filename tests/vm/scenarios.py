@@ -282,7 +282,9 @@ ENCRYPTED_LVM_RUN = dict(
     expect=("exitrd: unmounted /oldroot (ext4 on /dev/mapper/exitrd--vm--vg-root)",
             "harness: pre-pivot swaps: none",
             "harness: pre-pivot mount: / (ext4 on /dev/mapper/exitrd--vm--vg-root)"),
-    forbid=("harness: pre-pivot mount: /boot*", "harness: pre-pivot swap *"),
+    # The last forbid: the ESP named in fstab must be found (udev's vfat links in capitals).
+    forbid=("harness: pre-pivot mount: /boot*", "harness: pre-pivot swap *",
+            "exitrd: shutdown record: /boot/efi *"),
     control_fails=("closed (by exitrd or the kernel)",),
 )
 RAM_ALL = dict(ram=("key", "tmpfs", "page-cache"))
@@ -313,6 +315,42 @@ scenario(releases=("trixie",), name="encrypted-lvm-reboot", **ENCRYPTED_LVM, **R
         "harness: watchdog: /dev/watchdog0, RebootWatchdogUSec=6s",
         "exitrd: feeding the hardware watchdog /dev/watchdog0 every 2000ms"),
     "control_fails": ENCRYPTED_LVM_RUN["control_fails"] + RAM_FAILS})
+# Issue 14's other places for the record, on the installer's disks:
+# - the ESP when no plain /boot is named: the machine whose /boot lives on the encrypted
+#   root (guest/record-esp.sh drops /boot from fstab before the shutdown; systemd has
+#   unmounted both by the switch, so exitrd learns its places from fstab alone). vfat,
+#   so the record is fsynced and the ESP unmounted again at once; the next boot reads it
+#   from EFI/exitrd/last-shutdown.json.
+RECORD_ESP_WROTE = "exitrd: wrote the shutdown record to /boot/efi (vfat on vda1)"
+# And the journal entry exitrd.service makes at boot (found by its MESSAGE_ID): the boot
+# that record-esp's test boot is, after the package stage's shutdown (no exitrd there).
+JOURNAL_ENTRY = ("harness: journal: EXITRD_RECORDED=0;"
+                 "MESSAGE=exitrd: no record of the last shutdown*;PRIORITY=4;")
+scenario(releases=("trixie",), name="record-esp", **ENCRYPTED_LVM, **RECORD_CHECK,
+         test_extra="record-esp.sh",
+         expect=ENCRYPTED_LVM_RUN["expect"] + (
+             "harness: record: /boot left out of fstab, the ESP on /boot/efi kept",
+             "harness: firmware: UEFI", RECORD_ESP_WROTE, JOURNAL_ENTRY),
+         forbid=ENCRYPTED_LVM_RUN["forbid"] + ("exitrd: wrote the shutdown record to /boot (*",),
+         check_expect=("harness: record /boot/efi/EFI/exitrd/last-shutdown.json: *",
+                       "harness: status: last shutdown: clean, * s, poweroff, closed *",
+                       "harness: status json: recorded true"),
+         control_fails=(f"log has '{RECORD_ESP_WROTE}'", "log has 'harness: journal: EXITRD_",
+                        "check boot log has 'harness: record /boot/efi/EFI/exitrd/",
+                        "check boot log has 'harness: status: last shutdown: clean",
+                        "check boot log has 'harness: status json: recorded true"))
+# - a BIOS machine (no EFI, so no efi-pstore either) with a plain /boot: the same disks
+#   booted by qemu's SeaBIOS with the stage's kernel and initramfs, as GRUB for BIOS
+#   would load them from /boot.
+scenario(releases=("trixie",), name="record-bios",
+         **{**ENCRYPTED_LVM, "uefi": False}, **RECORD_CHECK,
+         expect=ENCRYPTED_LVM_RUN["expect"] + ("harness: firmware: BIOS (no /sys/firmware/efi)",
+                                               RECORD_WROTE),
+         forbid=ENCRYPTED_LVM_RUN["forbid"],
+         check_expect=("harness: status: last shutdown: clean, * s, poweroff, closed *",
+                       "harness: status json: recorded true"),
+         control_fails=(f"log has '{RECORD_WROTE}'",) + RECORD_FAILS[1:] + (
+             "check boot log has 'harness: status: last shutdown: clean",))
 # bookworm's systemd 252 flags nothing for deferred removal: exitrd removes both.
 # Run by hand (`python3 -m tests.vm run encrypted-lvm --release bookworm [--control]`):
 # its stack's cold build (installer and package boots, ~20 min of one core) would push a

@@ -52,7 +52,7 @@ def qemu_version() -> str:
 def booted(spec: BootSpec, src_disks: list[Path]) -> Path:
     """The snapshot of booting `src_disks` as `spec` says (built once, cached by what
     makes the guest's state: disks, kernel, initramfs, command line, devices, vCPUs)."""
-    key = key_of("booted", [str(d) for d in src_disks], str(spec.kernel), str(spec.initrd),
+    key = key_of("booted", "saved stopped", [str(d) for d in src_disks], str(spec.kernel), str(spec.initrd),
                  spec.append, list(spec.extra_args), qemu.QEMU_BASE, qemu.vm_cpus(),
                  str(qemu.OVMF) if spec.uefi else "",
                  qemu_version(), guest_text("snapshot-wait.sh"), guest_text("lib.sh"))

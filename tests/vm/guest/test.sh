@@ -12,6 +12,11 @@ install -D -m 0755 "$HARNESS/shutdown-diag.sh" /usr/lib/systemd/system-shutdown/
 printf '%s\n' "$TOKEN" >/root/marker
 sync
 log "marker written"
+if [ -d /sys/firmware/efi ]; then
+	log "firmware: UEFI"
+else
+	log "firmware: BIOS (no /sys/firmware/efi)"
+fi
 if [ -x /run/initramfs/shutdown ]; then
 	log "exitrd in place: /run/initramfs/shutdown is executable"
 	log "payload: $(du -sk /run/initramfs | cut -f1) KiB in /run/initramfs"
