@@ -11,6 +11,13 @@ if grep -Eq '^[^#][^[:space:]]*[[:space:]]+/boot[[:space:]]' /etc/fstab ||
 	log "record: fstab not as expected: $(tr '\n' '|' </etc/fstab)"
 	exit 1
 fi
+# The mount point such a machine has for its ESP on the root itself (the installer made
+# /boot/efi on the /boot partition): the check boot mounts the ESP there from fstab.
+rootview=$(mktemp -d)
+mount --bind / "$rootview"
+mkdir -p "$rootview/boot/efi"
+umount "$rootview"
+rmdir "$rootview"
 log "record: /boot left out of fstab, the ESP on /boot/efi kept"
 # The journal entry exitrd.service made at this boot about the shutdown before it (that
 # of the package stage, which exitrd did not run: no record), found by its MESSAGE_ID.
