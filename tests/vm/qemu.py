@@ -31,8 +31,12 @@ QEMU = "qemu-system-x86_64"
 # in real time: an overcrowded host fires guest timeouts for nothing). A single boot
 # (`run`, one slot) gets two.
 VM_CPUS = int(os.environ.get("EXITRD_VM_CPUS", "0"))
+# -cpu max without FSRM (fast short REP MOVSB): under qemu 10's TCG, bookworm's kernel
+# (6.1) with it spins forever right after "LSM: Security Framework initializing" (seen
+# 2026-12-03: both bookworm installer boots, 10 min of CPU; with fsrm=off, or -cpu qemu64,
+# it boots on). trixie's 6.12 booted either way; erms=off has been there from the start.
 QEMU_BASE = [
-    QEMU, "-accel", "tcg,thread=multi", "-cpu", "max,erms=off", "-m", "1024",
+    QEMU, "-accel", "tcg,thread=multi", "-cpu", "max,erms=off,fsrm=off", "-m", "1024",
     "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
     "-nic", "none",
 ]
