@@ -5,6 +5,7 @@ use super::schedule::Progress;
 use super::{is_device_step, read_topology, OLDROOT};
 use crate::plan::{self, PlanOptions, Step};
 use crate::say;
+use crate::topology::Topology;
 
 /// The inventory file for hooks, at the root of the exitrd tmpfs.
 pub const INVENTORY_FILE: &str = "/inventory";
@@ -40,13 +41,25 @@ pub struct Inventory {
 
 /// One line an admin can grep for: what was closed, and what is left with the reason.
 pub fn inventory(initial_devices: &[(String, String)], progress: &Progress) -> Inventory {
-    let topo = read_topology();
+    inventory_of(read_topology().as_ref(), initial_devices, progress)
+}
+
+/// [`inventory`] on the topology read after the teardown.
+pub fn inventory_of(
+    topo: Option<&Topology>,
+    initial_devices: &[(String, String)],
+    progress: &Progress,
+) -> Inventory {
     // Still there and still closable: a stopped MD array lingers in sysfs for a
-    // moment as an empty device, which counts as closed.
+    // moment as an empty device, which counts as closed. And found gone once, gone for
+    // the run, as the scheduler counts it: after the kernel's deferred removal a DM
+    // device's sysfs entry can outlive its name for a moment (seen: vda3_crypt found
+    // gone at its step, then listed as "dm-0 (not attempted)" by this inventory).
     let present = |name: &str| {
-        topo.as_ref()
-            .and_then(|t| t.devices.get(name))
-            .is_some_and(|d| d.is_closable())
+        !progress.gone_by_kernel.contains(name)
+            && topo
+                .and_then(|t| t.devices.get(name))
+                .is_some_and(|d| d.is_closable())
     };
     let display_of = |d: &str| {
         initial_devices
@@ -76,7 +89,7 @@ pub fn inventory(initial_devices: &[(String, String)], progress: &Progress) -> I
     }
     let mut left: Vec<String> = Vec::new();
     let mut inv = Inventory::default();
-    if let Some(topo) = &topo {
+    if let Some(topo) = topo {
         inv.mount_points_left = topo
             .mounts
             .iter()
@@ -89,7 +102,15 @@ pub fn inventory(initial_devices: &[(String, String)], progress: &Progress) -> I
             say!("{below} mount(s) still below {OLDROOT}");
         }
         let remaining = plan::plan(topo, &PlanOptions::shutdown());
-        for step in remaining.steps.iter().filter(|s| is_device_step(s)) {
+        let gone = |s: &Step| {
+            s.closes_device()
+                .is_some_and(|d| progress.gone_by_kernel.contains(d))
+        };
+        for step in remaining
+            .steps
+            .iter()
+            .filter(|s| is_device_step(s) && !gone(s))
+        {
             let reason = progress
                 .failed
                 .get(&step.describe())
@@ -133,5 +154,59 @@ pub fn write_inventory_file() {
     // The hooks would read an old list, or none: worth a line.
     if let Err(e) = std::fs::write(INVENTORY_FILE, text) {
         say!("cannot write {INVENTORY_FILE} for the hooks: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn fixture() -> Topology {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lvm-luks-md");
+        Topology::read(&root).expect("fixture topology")
+    }
+
+    fn initial(topo: &Topology) -> Vec<(String, String)> {
+        topo.devices
+            .values()
+            .filter(|d| d.is_closable())
+            .map(|d| (d.name.clone(), d.display_name().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn devices_still_in_sysfs_are_left() {
+        let topo = fixture();
+        let inv = inventory_of(Some(&topo), &initial(&topo), &Progress::default());
+        assert!(inv.by_kernel.is_empty(), "{inv:?}");
+        assert!(inv.left.iter().any(|(n, _)| n == "vg0-root"), "{inv:?}");
+    }
+
+    #[test]
+    fn a_device_found_gone_is_not_left_while_its_sysfs_entry_lingers() {
+        // dm-0 and dm-1 found gone at their steps (deferred removal), their sysfs
+        // entries still there when the inventory reads the topology.
+        let topo = fixture();
+        let dm: Vec<String> = topo
+            .devices
+            .keys()
+            .filter(|n| n.starts_with("dm-"))
+            .cloned()
+            .collect();
+        assert_eq!(dm.len(), 2, "{dm:?}");
+        let progress = Progress {
+            gone_by_kernel: dm.iter().cloned().collect(),
+            ..Progress::default()
+        };
+        let inv = inventory_of(Some(&topo), &initial(&topo), &progress);
+        for (name, display) in initial(&topo).iter().filter(|(n, _)| dm.contains(n)) {
+            assert!(inv.by_kernel.contains(display), "{name}: {inv:?}");
+            assert!(
+                !inv.left.iter().any(|(n, _)| n == name || n == display),
+                "{inv:?}"
+            );
+        }
+        assert!(inv.left.iter().any(|(n, _)| n == "md0"), "{inv:?}");
     }
 }
