@@ -102,14 +102,10 @@ pub fn inventory_of(
             say!("{below} mount(s) still below {OLDROOT}");
         }
         let remaining = plan::plan(topo, &PlanOptions::shutdown());
-        let gone = |s: &Step| {
-            s.closes_device()
-                .is_some_and(|d| progress.gone_by_kernel.contains(d))
-        };
         for step in remaining
             .steps
             .iter()
-            .filter(|s| is_device_step(s) && !gone(s))
+            .filter(|s| is_device_step(s) && !progress.found_gone(s))
         {
             let reason = progress
                 .failed

@@ -52,6 +52,15 @@ pub struct Progress {
     pub passes: usize,
 }
 
+impl Progress {
+    /// Whether `step`'s device was found gone at a step of this run: gone for the rest of
+    /// it, though its sysfs entry may linger a moment after the kernel's deferred removal.
+    pub fn found_gone(&self, step: &Step) -> bool {
+        step.closes_device()
+            .is_some_and(|d| self.gone_by_kernel.contains(d))
+    }
+}
+
 /// Runs the plan's steps that `which` selects until none are left, nothing changes any
 /// more, or time runs out. `progress` accumulates over calls (later rounds after ending
 /// spared processes keep knowing what was abandoned).
@@ -91,10 +100,7 @@ pub fn run_passes(
             }
             // Found gone once, gone for the run: after the kernel's deferred removal its
             // sysfs entry may linger for a moment, and the next pass would try it again.
-            if step
-                .closes_device()
-                .is_some_and(|d| progress.gone_by_kernel.contains(d))
-            {
+            if progress.found_gone(&step) {
                 continue;
             }
             let left = limits.deadline.saturating_sub(ex.elapsed());
