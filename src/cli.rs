@@ -193,7 +193,13 @@ pub fn plan_command(root: &PathBuf, json: bool, exitrd_view: bool) -> i32 {
 pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
     use crate::status;
     let live = root == std::path::Path::new("/");
-    let mut s = match status::check(root, live) {
+    // --repair is exitrd.service at boot.
+    let when = match (live, repair) {
+        (false, _) => status::When::Fixture,
+        (true, true) => status::When::Boot,
+        (true, false) => status::When::Later,
+    };
+    let mut s = match status::check(root, when) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -217,7 +223,7 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
             Ok(summary) => eprintln!("exitrd: repaired: {summary}"),
             Err(e) => eprintln!("exitrd: repair failed: {e}"),
         }
-        match status::check(root, live) {
+        match status::check(root, when) {
             Ok(again) => s = again,
             Err(e) => {
                 eprintln!("exitrd: cannot check the system again: {e}");

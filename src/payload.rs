@@ -164,7 +164,7 @@ pub fn resolve_within(
 /// regular file. Links are followed only inside the payload: a link to
 /// `/usr/sbin/exitrd` would pass a plain `stat` here and fail at shutdown, when the
 /// payload is `/`.
-fn check_shutdown(payload: &Path) -> io::Result<()> {
+fn check_shutdown(payload: &Path) -> io::Result<PathBuf> {
     let shutdown = payload.join("shutdown");
     let real = resolve_within(payload, Path::new("shutdown"), &mut |_, _| Ok(())).map_err(|e| {
         e.with_context(format!(
@@ -185,13 +185,39 @@ fn check_shutdown(payload: &Path) -> io::Result<()> {
             format!("{} is not executable", shutdown.display()),
         ));
     }
-    Ok(())
+    Ok(real)
+}
+
+/// Where the payload's binary is found again under its build ID:
+/// `/run/initramfs/.build-id/<ID>/exitrd`, a hard link (no copy) to it. exitrd.service
+/// names the installed binary's ID in its `ExecSearchPath=` (the package writes it in
+/// when it is built), so at boot systemd starts the check from this copy in RAM when it
+/// is that very build, and from `/usr/sbin` otherwise: reading 2 MiB of a cold binary
+/// through the root's storage stack was most of the unit's time under emulation.
+pub const BUILD_ID_DIR: &str = ".build-id";
+
+/// Links `binary` (inside the new tmpfs `dir`) as `dir/.build-id/<ID>/exitrd`. A binary
+/// without a build ID gets no link: the unit then runs /usr/sbin/exitrd, as before.
+fn link_by_build_id(dir: &Path, binary: &Path) -> io::Result<()> {
+    let Some(id) = crate::buildid::of_file(binary)? else {
+        return Ok(());
+    };
+    let at = dir.join(BUILD_ID_DIR).join(id);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&at)?;
+    fs::hard_link(binary, at.join("exitrd"))
 }
 
 /// Builds the exitrd in `target` from the files in `payload` (which must hold an
 /// executable `shutdown`). Returns a one-line summary.
 pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
-    check_shutdown(payload)?;
+    let binary = check_shutdown(payload)?;
+    let binary = binary
+        .strip_prefix(payload)
+        .unwrap_or(&binary)
+        .to_path_buf();
     let parent = target.parent().unwrap_or(Path::new("/"));
     let name = target
         .file_name()
@@ -211,7 +237,7 @@ pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
         Some("mode=0700,size=64k"),
     )
     .map_err(context(format!("mount tmpfs on {}", holder.display())))?;
-    let result = fill_and_switch(payload, target, &holder);
+    let result = fill_and_switch(payload, &binary, target, &holder);
     // Detaching the holder also drops the new tmpfs if it never left it.
     let _ = umount2(&holder, MntFlags::MNT_DETACH);
     let _ = fs::remove_dir(&holder);
@@ -247,7 +273,13 @@ fn drop_dracut_restore_flag(dir: &Path) -> io::Result<()> {
 
 /// Mounts the new tmpfs inside `holder`, fills it, and moves it onto `target`.
 /// Returns its size and whether it replaced an earlier one.
-fn fill_and_switch(payload: &Path, target: &Path, holder: &Path) -> io::Result<(u64, bool)> {
+/// `binary` is the payload's executable, relative to `payload`.
+fn fill_and_switch(
+    payload: &Path,
+    binary: &Path,
+    target: &Path,
+    holder: &Path,
+) -> io::Result<(u64, bool)> {
     mount(
         None::<&str>,
         holder,
@@ -268,8 +300,15 @@ fn fill_and_switch(payload: &Path, target: &Path, holder: &Path) -> io::Result<(
         Some(options.as_str()),
     )
     .map_err(context(format!("mount tmpfs on {}", staging.display())))?;
+    // An earlier payload's build-ID link is dropped with it (copied, it would be a
+    // second full copy of the old binary).
     copy_tree(target, &staging)
+        .and_then(|()| match fs::remove_dir_all(staging.join(BUILD_ID_DIR)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
         .and_then(|()| copy_tree(payload, &staging))
+        .and_then(|()| link_by_build_id(&staging, &staging.join(binary)))
         .map_err(|e| e.with_context(format!("copy into {}", staging.display())))?;
     drop_dracut_restore_flag(&staging)?;
     // An earlier exitrd tmpfs is dropped right before the new one takes its place (it

@@ -54,13 +54,22 @@ fn has_option(m: &Mount, opt: &str) -> bool {
 /// The executable of the running process: its version is this build's.
 const RUNNING: &str = "/proc/self/exe";
 
-/// The version of a payload binary. When it is a byte-for-byte copy of `running` (the
-/// exitrd doing this check: the usual case, since the payload is a copy of the installed
+/// Whether two binaries are the same build: by their build IDs (one page of each), or,
+/// when either has none, by their bytes.
+fn same_build(a: &Path, b: &Path) -> bool {
+    match (crate::buildid::of_file(a), crate::buildid::of_file(b)) {
+        (Ok(Some(x)), Ok(Some(y))) => x == y,
+        _ => same_content(a, b).unwrap_or(false),
+    }
+}
+
+/// The version of a payload binary. When it is the same build as `running` (the exitrd
+/// doing this check: the usual case, since the payload is a copy of the installed
 /// binary), that is this build's version and nothing is started: exitrd.service runs this
 /// at every boot, and starting a 2 MiB static binary is most of its cost under emulation.
 /// Otherwise the binary is run and asked (`exitrd X.Y.Z` from `--version`).
 fn payload_version(binary: &Path, running: &Path) -> Option<String> {
-    if same_content(binary, running).unwrap_or(false) {
+    if same_build(binary, running) {
         return Some(env!("CARGO_PKG_VERSION").to_string());
     }
     let out = Command::new(binary).arg("--version").output().ok()?;
@@ -243,6 +252,18 @@ fn rebuild_command(builder: &str) -> &'static str {
 /// The package's drop-in that makes dracut's own shutdown unit stand aside.
 const DRACUT_DROP_IN: &str = "usr/lib/systemd/system/dracut-shutdown.service.d/exitrd.conf";
 
+/// When the check runs, which decides how dracut's restore unit is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// A captured tree: nothing is run, the unit files say what systemd would do.
+    Fixture,
+    /// exitrd.service at boot, ordered before dracut-shutdown.service: that unit has not
+    /// started yet, and will stand aside if the package's drop-in is there.
+    Boot,
+    /// An admin's `exitrd status`: systemd is asked whether the unit is active.
+    Later,
+}
+
 /// Whether systemd has `unit` active (its stop action will run at shutdown).
 fn unit_is_active(unit: &str) -> bool {
     Command::new("systemctl")
@@ -251,9 +272,10 @@ fn unit_is_active(unit: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Runs every check against the system below `root` (`/` on a live machine).
-/// `payload_runnable` is false for fixture trees, whose binaries must not be executed.
-pub fn check(root: &Path, payload_runnable: bool) -> std::io::Result<Status> {
+/// Runs every check against the system below `root` (`/` on a live machine). Binaries
+/// of a fixture tree (`When::Fixture`) are never executed.
+pub fn check(root: &Path, when: When) -> std::io::Result<Status> {
+    let payload_runnable = when != When::Fixture;
     let topo = Topology::read(root)?;
     let dir = exitrd_dir(root);
     let shutdown = dir.join("shutdown");
@@ -326,14 +348,13 @@ pub fn check(root: &Path, payload_runnable: bool) -> std::io::Result<Status> {
     //     dracut's hooks may set it again after exitrd's pre-pivot hook (mdraid's
     //     cleanup hook does). It matters only if dracut-shutdown.service is active: the
     //     package's drop-in makes the unit stand aside when the payload was in place at
-    //     its start (exitrd.service comes before it).
+    //     its start (exitrd.service comes before it). At boot, the unit has not started
+    //     yet: asking systemctl then would always say inactive, and starting it cost
+    //     more than the whole check under emulation.
     let flag = dir.join(crate::payload::DRACUT_RESTORE_FLAG);
-    let restore_will_run = || {
-        if payload_runnable {
-            unit_is_active("dracut-shutdown.service")
-        } else {
-            !root.join(DRACUT_DROP_IN).exists()
-        }
+    let restore_will_run = || match when {
+        When::Later => unit_is_active("dracut-shutdown.service"),
+        When::Boot | When::Fixture => !root.join(DRACUT_DROP_IN).exists(),
     };
     if executable && flag.exists() && restore_will_run() {
         checks.push(Check {
@@ -392,6 +413,17 @@ pub fn check(root: &Path, payload_runnable: bool) -> std::io::Result<Status> {
         },
         fix: None,
     });
+
+    // 4b. A root on the network (NFS, iSCSI, NBD): its interface must stay configured
+    //     until the pivot, whatever configured it.
+    if let Some((ok, detail, fix)) = crate::netroot::check(root, &topo) {
+        checks.push(Check {
+            name: "network",
+            ok,
+            detail,
+            fix,
+        });
+    }
 
     // 5. The builder of the next images, and whether they will carry the payload.
     let (builder, builder_check) = builder_check(root);
@@ -563,7 +595,7 @@ mod tests {
                 .permissions();
             perms.set_mode(0o755);
             fs::set_permissions(r.join("run/initramfs/shutdown"), perms).unwrap();
-            check(r, false)
+            check(r, When::Fixture)
                 .unwrap()
                 .checks
                 .iter()
@@ -630,6 +662,32 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         assert_eq!(v.as_deref(), Some("0.0.9"));
+    }
+
+    #[test]
+    fn binaries_are_the_same_build_by_their_build_ids() {
+        let r = root("same-build", &[]);
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        // The last byte changed: the bytes differ, the build ID (in the first page) does
+        // not, so the two count as one build, known without reading either to its end.
+        let mut tail = me.clone();
+        *tail.last_mut().unwrap() ^= 1;
+        // The build ID's last byte changed: another build, though the sizes match.
+        let id = crate::buildid::of_file(&std::env::current_exe().unwrap())
+            .unwrap()
+            .unwrap();
+        let raw: Vec<u8> = (0..id.len() / 2)
+            .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let at = me.windows(raw.len()).position(|w| w == raw).unwrap();
+        let mut other = me.clone();
+        other[at + raw.len() - 1] ^= 1;
+        for (name, bytes) in [("a", &me), ("b", &tail), ("c", &other)] {
+            fs::write(r.join(name), bytes).unwrap();
+        }
+        assert!(same_build(&r.join("a"), &r.join("b")));
+        assert!(!same_content(&r.join("a"), &r.join("b")).unwrap());
+        assert!(!same_build(&r.join("a"), &r.join("c")));
     }
 
     #[test]

@@ -8,6 +8,27 @@ use std::process::Command;
 
 mod common;
 
+/// The one file below `target/.build-id` (panics on none or more).
+fn only_build_id_link(target: &Path) -> std::path::PathBuf {
+    let ids: Vec<_> = fs::read_dir(target.join(".build-id"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let files: Vec<_> = fs::read_dir(&ids[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (fs::metadata(a).unwrap(), fs::metadata(b).unwrap());
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
 #[test]
 #[ignore = "needs root: mounts a tmpfs"]
 fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() {
@@ -69,6 +90,14 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&v.stdout).starts_with("exitrd "));
+    // The binary is found again under its build ID (exitrd.service's ExecSearchPath=),
+    // as a hard link: the same inode, no second copy in RAM.
+    let by_id = only_build_id_link(&target);
+    let id = exitrd::buildid::of_file(&payload.join("exitrd"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_id, target.join(".build-id").join(&id).join("exitrd"));
+    assert!(same_inode(&by_id, &target.join("exitrd")));
 
     // Again: refreshed in place, still exactly one mount, files still kept.
     let out = prepare();
@@ -80,6 +109,9 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
     assert!(String::from_utf8_lossy(&out.stderr).contains("refreshed"));
     assert_eq!(common::mounts_at(&target).len(), 1);
     assert_eq!(fs::read_to_string(target.join("fsck.log")).unwrap(), "kept");
+    // Still one link, to the new copy (the old one is not carried over as a copy).
+    let again = only_build_id_link(&target);
+    assert!(same_inode(&again, &target.join("exitrd")));
 
     // Nothing of the staging is left behind.
     let leftovers: Vec<_> = fs::read_dir(&run)

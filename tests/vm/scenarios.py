@@ -218,11 +218,13 @@ scenario(releases=("bookworm",), in_suite=False,
 # (the dracut stage); exitrd's dracut module puts the payload in the image and its
 # pre-pivot hook prepares /run/initramfs. status-dracut.sh records what 'exitrd status'
 # says and whether dracut-shutdown.service stood aside (the package's drop-in).
+# exitrd.service ran the payload's copy in RAM (by the package's build ID), issue 12.5.
+DRACUT_UNIT_EXE = "harness: exitrd.service ran: _EXE=/run/initramfs/.build-id/*/exitrd"
 DRACUT_STATUS = (
     "harness: status exit 0", "harness: status: exitrd status: ready*",
     "harness: status:   [ok] dracut builds the initramfs; exitrd's dracut module adds the "
     "payload to its images; dracut's own shutdown (dracut-shutdown.service) stands aside",
-    "harness: dracut-shutdown.service: *ConditionResult=no*")
+    "harness: dracut-shutdown.service: *ConditionResult=no*", DRACUT_UNIT_EXE)
 NEED_SHUTDOWN_SET = "harness: dracut: /run/initramfs/.need_shutdown is set"
 NEED_SHUTDOWN_NOT_SET = "harness: dracut: /run/initramfs/.need_shutdown is not set"
 DRACUT_UNMOUNTED = "dracut: Unmounted /oldroot."   # dracut's own shutdown script ran
@@ -241,7 +243,8 @@ scenario(name="lvm-luks-md-dracut", builder="dracut", **LVM_LUKS_MD,
                          "harness: dracut-shutdown.service: *ActiveState=active*",
                          DRACUT_UNMOUNTED, "dracut: Disassembling mdraid devices."),
          control_fails=("exitrd inventory line", "closed (by exitrd or the kernel)",
-                        "log has 'harness: status exit 0'", f"log lacks '{DRACUT_UNMOUNTED}'"))
+                        "log has 'harness: status exit 0'", f"log lacks '{DRACUT_UNMOUNTED}'",
+                        f"log has '{DRACUT_UNIT_EXE}'"))
 # One of dracut's hard cases (dracut-ng #2254): / directly on LUKS, unlocked by
 # systemd-cryptsetup in dracut's systemd initrd. No dracut module asks for its shutdown,
 # so dracut-shutdown.service unpacks nothing and systemd never pivots: the mapping stays
@@ -256,7 +259,7 @@ scenario(name="luks-root-dracut", builder="dracut", installer="install-luks-root
                             r"(file systems, )?DM devices, ignoring\."),
          control_expect=(NEED_SHUTDOWN_NOT_SET,),
          control_fails=("closed (by exitrd or the kernel)", "LUKS volume keys gone from RAM",
-                        "log has 'harness: status exit 0'"))
+                        "log has 'harness: status exit 0'", f"log has '{DRACUT_UNIT_EXE}'"))
 
 # The headline (issue 11.4): what most people with an encrypted Debian have, the layout
 # of the installer's "Guided - use entire disk and set up encrypted LVM" on a UEFI
@@ -324,8 +327,11 @@ scenario(releases=("trixie",), name="encrypted-lvm-reboot", **ENCRYPTED_LVM, **R
 RECORD_ESP_WROTE = "exitrd: wrote the shutdown record to /boot/efi (vfat on vda1)"
 # And the journal entry exitrd.service makes at boot (found by its MESSAGE_ID): the boot
 # that record-esp's test boot is, after the package stage's shutdown (no exitrd there).
+# Sent by the payload's binary in RAM: exitrd.service finds it by the package's build ID
+# (issue 12.5: the cold /usr/sbin/exitrd was most of the unit's time under emulation).
 JOURNAL_ENTRY = ("harness: journal: EXITRD_RECORDED=0;"
-                 "MESSAGE=exitrd: no record of the last shutdown*;PRIORITY=4;")
+                 "MESSAGE=exitrd: no record of the last shutdown*;PRIORITY=4;"
+                 "_EXE=/run/initramfs/.build-id/*/exitrd;")
 scenario(releases=("trixie",), name="record-esp", **ENCRYPTED_LVM, **RECORD_CHECK,
          test_extra="record-esp.sh",
          expect=ENCRYPTED_LVM_RUN["expect"] + (
@@ -629,6 +635,13 @@ scenario(
 NBD_STACK = dict(installer="install-nbd-root.sh", disks=("3G",), root="/dev/nbd0",
                  extra_packages=("nbd-client",), nbd_root=True, check_md=False,
                  test_extra="nbd-test.sh")
+# 'exitrd status' on the running system (issue 13.4): the root needs the interface that
+# leads to the server of nbdroot=, which the initramfs configured (ip=dhcp) and which no
+# network service manages, so it stays up until power-off.
+# (10.0.2.100 is qemu.NBD_GUEST_ADDR; qemu imports this module.)
+NBD_STATUS_NETWORK = ("harness: nbd: status:   [ok] / (on the NBD device nbd0) needs * (to "
+                      "10.0.2.100): the initramfs configured * and no network service "
+                      "manages it: it stays up until power-off")
 scenario(
     name="nbd-root", **NBD_STACK, closed=("nbd0",), closed_by_exitrd=("nbd0",),
     # Without the package systemd only remounts / read-only and calls it done; nbd0
@@ -637,12 +650,13 @@ scenario(
                        r"MD devices and DM devices detached\."),
     kernel_lines=("EXT4-fs (nbd0): unmounting filesystem*",
                   "block nbd0: Disconnected due to user request."),
-    expect=("harness: nbd: root: /dev/nbd0 ext4*",),
+    expect=("harness: nbd: root: /dev/nbd0 ext4*", NBD_STATUS_NETWORK),
     forbid=("*I/O error*", "*Dead connection*", "*Receive control failed*"),
     expect_order=("exitrd: unmounted /oldroot (ext4 on /dev/nbd0)",
                   "exitrd: disconnected network block device nbd0",
                   "exitrd: inventory: closed: nbd0; removed by the kernel: none; left: none"),
-    control_fails=("kernel logged 'block nbd0: Disconnected due to user request.'",),
+    control_fails=("kernel logged 'block nbd0: Disconnected due to user request.'",
+                   f"log has '{NBD_STATUS_NETWORK}'"),
 )
 # ... and the server gone: a spared '@' writer keeps dirtying a file on / (so systemd
 # cannot remount it read-only), and the host freezes qemu-nbd (SIGSTOP: no answer, no
