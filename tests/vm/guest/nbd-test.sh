@@ -30,3 +30,12 @@ done
 # shellcheck disable=SC2086 # a list of paths
 kib=$(du -ckL $files | tail -n 1 | cut -f1)
 log "nbd-client with its libraries and sh: $kib KiB (not in the payload)"
+# What 'exitrd status' says of the network the root needs (issue 13.4): the interface
+# that leads to the server, and whether whatever configured it keeps it until the pivot.
+if command -v exitrd >/dev/null; then
+	exitrd status 2>&1 | grep -F 'on the NBD device' | while IFS= read -r line; do
+		log "status: $line"
+	done
+else
+	log "status: exitrd is not installed"
+fi
