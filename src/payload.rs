@@ -80,6 +80,9 @@ fn is_mount_point(path: &Path) -> bool {
     let Ok(table) = fs::read("/proc/self/mountinfo") else {
         return false;
     };
+    // mountinfo has absolute, resolved paths (`--target run/initramfs` must match too,
+    // or a refresh would stack a second tmpfs on the first).
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let (mounts, _) = mountinfo::parse_lenient(&table);
     mounts.iter().any(|m| Path::new(&m.mount_point) == path)
 }
@@ -213,35 +216,31 @@ fn link_by_build_id(dir: &Path, binary: &Path) -> io::Result<()> {
 /// Builds the exitrd in `target` from the files in `payload` (which must hold an
 /// executable `shutdown`). Returns a one-line summary.
 pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
+    prepare_using(payload, target, true)
+}
+
+/// `prepare`, with the new mount API (`new_api`, falling back to the holder mount where
+/// the kernel lacks it) or with the holder mount only (tests of that fallback).
+pub fn prepare_using(payload: &Path, target: &Path, new_api: bool) -> io::Result<String> {
     let binary = check_shutdown(payload)?;
     let binary = binary
         .strip_prefix(payload)
         .unwrap_or(&binary)
         .to_path_buf();
-    let parent = target.parent().unwrap_or(Path::new("/"));
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "initramfs".into());
     fs::create_dir_all(target)?;
-    // MS_MOVE refuses to move a mount out of a shared parent, and systemd makes every
-    // mount shared: the new tmpfs is built inside a small private holder mount, from
-    // where it can be moved.
-    let holder: PathBuf = parent.join(format!(".{name}.exitrd-stage"));
-    let _ = fs::create_dir(&holder);
-    mount(
-        Some("exitrd-stage"),
-        &holder,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=0700,size=64k"),
-    )
-    .map_err(context(format!("mount tmpfs on {}", holder.display())))?;
-    let result = fill_and_switch(payload, &binary, target, &holder);
-    // Detaching the holder also drops the new tmpfs if it never left it.
-    let _ = umount2(&holder, MntFlags::MNT_DETACH);
-    let _ = fs::remove_dir(&holder);
-    let (size, replacing) = result?;
+    let size = tree_size(payload) + tree_size(target) + SLACK_BYTES;
+    // The new tmpfs is built detached from every mount tree and attached once full:
+    // nothing else to mount, make private, unmount or remove (each costs at boot under
+    // emulation). Kernels without the new mount API get the holder mount instead.
+    let detached = if new_api {
+        detached::tmpfs(size).ok()
+    } else {
+        None
+    };
+    let (size, replacing) = match detached {
+        Some(fd) => fill_and_attach(payload, &binary, target, fd, size)?,
+        None => fill_and_switch_in_holder(payload, &binary, target, size)?,
+    };
     Ok(format!(
         "{} is a dedicated exec tmpfs ({} KiB) with {}: the next shutdown will pivot into it",
         target.display(),
@@ -252,6 +251,115 @@ pub fn prepare(payload: &Path, target: &Path) -> io::Result<String> {
             "the payload"
         }
     ))
+}
+
+/// The new mount API (Linux 5.2): a tmpfs created detached, filled through its mount
+/// descriptor (`/proc/self/fd/N`), then attached in one step. Attaching a new mount
+/// works under a shared parent (systemd makes every mount shared), where `MS_MOVE` of
+/// an attached one does not.
+mod detached {
+    use nix::libc;
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    // <linux/mount.h>; checked against the installed headers by the tests.
+    pub const FSOPEN_CLOEXEC: u32 = 0x1;
+    pub const FSCONFIG_SET_STRING: u32 = 1;
+    pub const FSCONFIG_CMD_CREATE: u32 = 6;
+    pub const FSMOUNT_CLOEXEC: u32 = 0x1;
+    pub const MOUNT_ATTR_NOSUID: u32 = 0x2;
+    pub const MOUNT_ATTR_NODEV: u32 = 0x4;
+    pub const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+
+    fn fd_or_error(ret: libc::c_long) -> io::Result<OwnedFd> {
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+    }
+
+    fn set(fs: &OwnedFd, key: &str, value: &str) -> io::Result<()> {
+        let (key, value) = (CString::new(key)?, CString::new(value)?);
+        // SAFETY: fsconfig(2) reads the two NUL-terminated strings, which outlive the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// A new tmpfs (exec, nosuid, nodev, mode 0700, `size` bytes), attached nowhere.
+    pub fn tmpfs(size: u64) -> io::Result<OwnedFd> {
+        let name = c"tmpfs";
+        // SAFETY: fsopen(2) reads the NUL-terminated name.
+        let fs =
+            fd_or_error(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })?;
+        set(&fs, "source", "exitrd")?;
+        set(&fs, "mode", "0700")?;
+        set(&fs, "size", &format!("{}k", size.div_ceil(1024)))?;
+        // SAFETY: no pointers are passed.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: no pointers are passed.
+        fd_or_error(unsafe {
+            libc::syscall(
+                libc::SYS_fsmount,
+                fs.as_raw_fd(),
+                FSMOUNT_CLOEXEC,
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            )
+        })
+    }
+
+    /// The detached mount's root as a path (its descriptor's magic link).
+    pub fn root_path(mount: &OwnedFd) -> std::path::PathBuf {
+        format!("/proc/self/fd/{}", mount.as_raw_fd()).into()
+    }
+
+    /// Attaches the detached mount at `target`.
+    pub fn attach(mount: &OwnedFd, target: &Path) -> io::Result<()> {
+        let target = CString::new(target.as_os_str().as_bytes())?;
+        let empty = c"";
+        // SAFETY: move_mount(2) reads the two NUL-terminated paths, which outlive the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                mount.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// dracut's request to its `dracut-shutdown.service`: with this file in /run/initramfs,
@@ -271,65 +379,113 @@ fn drop_dracut_restore_flag(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Mounts the new tmpfs inside `holder`, fills it, and moves it onto `target`.
-/// Returns its size and whether it replaced an earlier one.
-/// `binary` is the payload's executable, relative to `payload`.
-fn fill_and_switch(
-    payload: &Path,
-    binary: &Path,
-    target: &Path,
-    holder: &Path,
-) -> io::Result<(u64, bool)> {
-    mount(
-        None::<&str>,
-        holder,
-        None::<&str>,
-        MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(context(format!("make {} private", holder.display())))?;
-    let staging = holder.join("new");
-    fs::create_dir(&staging)?;
-    let size = tree_size(payload) + tree_size(target) + SLACK_BYTES;
-    let options = format!("mode=0700,size={}k", size.div_ceil(1024));
-    mount(
-        Some("exitrd"),
-        &staging,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(options.as_str()),
-    )
-    .map_err(context(format!("mount tmpfs on {}", staging.display())))?;
+/// Fills the new tmpfs (its root at `staging`): what the target already held, then the
+/// payload; the binary (`binary`, relative to `payload`) linked under its build ID.
+fn fill(payload: &Path, binary: &Path, target: &Path, staging: &Path) -> io::Result<()> {
     // An earlier payload's build-ID link is dropped with it (copied, it would be a
     // second full copy of the old binary).
-    copy_tree(target, &staging)
+    copy_tree(target, staging)
         .and_then(|()| match fs::remove_dir_all(staging.join(BUILD_ID_DIR)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         })
-        .and_then(|()| copy_tree(payload, &staging))
-        .and_then(|()| link_by_build_id(&staging, &staging.join(binary)))
-        .map_err(|e| e.with_context(format!("copy into {}", staging.display())))?;
-    drop_dracut_restore_flag(&staging)?;
-    // An earlier exitrd tmpfs is dropped right before the new one takes its place (it
-    // cannot be moved aside from its shared parent either); the gap is one syscall.
+        .and_then(|()| copy_tree(payload, staging))
+        .and_then(|()| link_by_build_id(staging, &staging.join(binary)))
+        .map_err(|e| e.with_context(format!("copy into the new tmpfs for {}", target.display())))?;
+    drop_dracut_restore_flag(staging)
+}
+
+/// An earlier exitrd tmpfs is dropped right before the new one takes its place (it
+/// cannot be moved aside from its shared parent); the gap is one syscall. Returns
+/// whether there was one.
+fn drop_earlier(target: &Path) -> io::Result<bool> {
     let replacing = is_mount_point(target);
     if replacing {
         umount2(target, MntFlags::MNT_DETACH)
             .map_err(context(format!("detach the old {}", target.display())))?;
     }
-    mount(
-        Some(&staging),
-        target,
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .map_err(context(format!(
-        "move the new tmpfs onto {}",
-        target.display()
-    )))?;
+    Ok(replacing)
+}
+
+/// Fills the detached tmpfs `mount` and attaches it at `target`. Returns its size and
+/// whether it replaced an earlier one.
+fn fill_and_attach(
+    payload: &Path,
+    binary: &Path,
+    target: &Path,
+    mount: std::os::fd::OwnedFd,
+    size: u64,
+) -> io::Result<(u64, bool)> {
+    fill(payload, binary, target, &detached::root_path(&mount))?;
+    let replacing = drop_earlier(target)?;
+    detached::attach(&mount, target)
+        .map_err(|e| e.with_context(format!("attach the new tmpfs at {}", target.display())))?;
     Ok((size, replacing))
+}
+
+/// Without the new mount API: `MS_MOVE` refuses to move a mount out of a shared parent,
+/// and systemd makes every mount shared, so the new tmpfs is built inside a small
+/// private holder mount beside the target, from where it can be moved.
+fn fill_and_switch_in_holder(
+    payload: &Path,
+    binary: &Path,
+    target: &Path,
+    size: u64,
+) -> io::Result<(u64, bool)> {
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "initramfs".into());
+    let holder: PathBuf = parent.join(format!(".{name}.exitrd-stage"));
+    let _ = fs::create_dir(&holder);
+    mount(
+        Some("exitrd-stage"),
+        &holder,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=64k"),
+    )
+    .map_err(context(format!("mount tmpfs on {}", holder.display())))?;
+    let result = (|| {
+        mount(
+            None::<&str>,
+            &holder,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(context(format!("make {} private", holder.display())))?;
+        let staging = holder.join("new");
+        fs::create_dir(&staging)?;
+        let options = format!("mode=0700,size={}k", size.div_ceil(1024));
+        mount(
+            Some("exitrd"),
+            &staging,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+        .map_err(context(format!("mount tmpfs on {}", staging.display())))?;
+        fill(payload, binary, target, &staging)?;
+        let replacing = drop_earlier(target)?;
+        mount(
+            Some(&staging),
+            target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(context(format!(
+            "move the new tmpfs onto {}",
+            target.display()
+        )))?;
+        Ok((size, replacing))
+    })();
+    // Detaching the holder also drops the new tmpfs if it never left it.
+    let _ = umount2(&holder, MntFlags::MNT_DETACH);
+    let _ = fs::remove_dir(&holder);
+    result
 }
 
 /// The script that builds the payload into an image, for initramfs-tools' hook and
@@ -428,6 +584,33 @@ fn extract_image(image: &Path, scratch: &Path) -> io::Result<PathBuf> {
         started.elapsed().as_millis()
     );
     Ok(payload)
+}
+
+#[cfg(test)]
+mod mount_api_tests {
+    use super::detached::*;
+    use crate::teardown::devnode::abi_probe;
+    use nix::libc;
+
+    #[test]
+    fn constants_match_kernel_headers() {
+        abi_probe::check(&[
+            ("FSOPEN_CLOEXEC", u64::from(FSOPEN_CLOEXEC)),
+            ("FSCONFIG_SET_STRING", u64::from(FSCONFIG_SET_STRING)),
+            ("FSCONFIG_CMD_CREATE", u64::from(FSCONFIG_CMD_CREATE)),
+            ("FSMOUNT_CLOEXEC", u64::from(FSMOUNT_CLOEXEC)),
+            ("MOUNT_ATTR_NOSUID", u64::from(MOUNT_ATTR_NOSUID)),
+            ("MOUNT_ATTR_NODEV", u64::from(MOUNT_ATTR_NODEV)),
+            (
+                "MOVE_MOUNT_F_EMPTY_PATH",
+                u64::from(MOVE_MOUNT_F_EMPTY_PATH),
+            ),
+            ("SYS_fsopen", libc::SYS_fsopen as u64),
+            ("SYS_fsconfig", libc::SYS_fsconfig as u64),
+            ("SYS_fsmount", libc::SYS_fsmount as u64),
+            ("SYS_move_mount", libc::SYS_move_mount as u64),
+        ]);
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 #include <linux/loop.h>
 #include <linux/nbd.h>
 #include <linux/watchdog.h>
+#include <linux/mount.h>
+#include <sys/syscall.h>
 
 #define P(key, value) printf("%s %llu\n", key, (unsigned long long)(value))
 #define OFF(type, field) P(#type "." #field, offsetof(struct type, field))
@@ -81,6 +83,19 @@ int main(void)
 
 	/* watchdog */
 	P("WDIOC_KEEPALIVE", WDIOC_KEEPALIVE);
+
+	/* the new mount API (exitrd prepare) */
+	P("FSOPEN_CLOEXEC", FSOPEN_CLOEXEC);
+	P("FSCONFIG_SET_STRING", FSCONFIG_SET_STRING);
+	P("FSCONFIG_CMD_CREATE", FSCONFIG_CMD_CREATE);
+	P("FSMOUNT_CLOEXEC", FSMOUNT_CLOEXEC);
+	P("MOUNT_ATTR_NOSUID", MOUNT_ATTR_NOSUID);
+	P("MOUNT_ATTR_NODEV", MOUNT_ATTR_NODEV);
+	P("MOVE_MOUNT_F_EMPTY_PATH", MOVE_MOUNT_F_EMPTY_PATH);
+	P("SYS_fsopen", SYS_fsopen);
+	P("SYS_fsconfig", SYS_fsconfig);
+	P("SYS_fsmount", SYS_fsmount);
+	P("SYS_move_mount", SYS_move_mount);
 
 	return 0;
 }

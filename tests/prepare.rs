@@ -32,8 +32,40 @@ fn same_inode(a: &Path, b: &Path) -> bool {
 #[test]
 #[ignore = "needs root: mounts a tmpfs"]
 fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() {
+    // The binary, as the initramfs runs it: the new mount API (a detached tmpfs).
+    exercise("new-api", |payload, target| {
+        let out = Command::new(env!("CARGO_BIN_EXE_exitrd"))
+            .args(["prepare", "--payload"])
+            .arg(payload)
+            .arg("--target")
+            .arg(target)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    });
+}
+
+#[test]
+#[ignore = "needs root: mounts a tmpfs"]
+fn prepare_without_the_new_mount_api_builds_in_a_private_holder() {
+    // The fallback for kernels without fsopen(2): the same result.
+    exercise(
+        "holder",
+        |payload, target| match exitrd::payload::prepare_using(payload, target, false) {
+            Ok(summary) => (true, summary),
+            Err(e) => (false, e.to_string()),
+        },
+    );
+}
+
+/// Prepares `run/initramfs` twice (fresh, then refreshed) under a shared parent, as
+/// systemd mounts /run, with `prepare` (ok, its message).
+fn exercise(name: &str, prepare: impl Fn(&Path, &Path) -> (bool, String)) {
     common::require_root("this test mounts a tmpfs");
-    let base = std::env::temp_dir().join(format!("exitrd-prepare-{}", std::process::id()));
+    let base = std::env::temp_dir().join(format!("exitrd-prepare-{name}-{}", std::process::id()));
     let payload = base.join("payload");
     let run = base.join("run");
     let target = run.join("initramfs");
@@ -46,21 +78,9 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
     // dracut's request to unpack its image here at shutdown: exitrd takes that place.
     fs::write(target.join(".need_shutdown"), "").unwrap();
 
-    let prepare = || {
-        Command::new(env!("CARGO_BIN_EXE_exitrd"))
-            .args(["prepare", "--payload"])
-            .arg(&payload)
-            .arg("--target")
-            .arg(&target)
-            .output()
-            .unwrap()
-    };
-    let out = prepare();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let prepare = || prepare(&payload, &target);
+    let (ok, said) = prepare();
+    assert!(ok, "{said}");
     let m = common::mounts_at(&target);
     assert_eq!(m.len(), 1, "{m:?}");
     let line = &m[0];
@@ -100,13 +120,9 @@ fn prepare_mounts_a_dedicated_exec_tmpfs_keeps_files_and_replaces_in_one_step() 
     assert!(same_inode(&by_id, &target.join("exitrd")));
 
     // Again: refreshed in place, still exactly one mount, files still kept.
-    let out = prepare();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refreshed"));
+    let (ok, said) = prepare();
+    assert!(ok, "{said}");
+    assert!(said.contains("refreshed"), "{said}");
     assert_eq!(common::mounts_at(&target).len(), 1);
     assert_eq!(fs::read_to_string(target.join("fsck.log")).unwrap(), "kept");
     // Still one link, to the new copy (the old one is not carried over as a copy).
