@@ -272,7 +272,14 @@ pub(crate) fn report_last_shutdown(root: &Path, last: &crate::record::LastShutdo
     use crate::record;
     match record::remember_boot(root) {
         Ok(true) => {
-            if let Err(e) = record::send_journal(root, &record::journal_fields(last)) {
+            let mut fields = record::journal_fields(last);
+            // The binary that made the entry: exitrd.service runs the payload's copy in
+            // RAM when it is the installed build (journald's own _EXE is missing when the
+            // process has exited before journald reads it, as this one often has).
+            if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+                fields.push(("EXITRD_BINARY", exe.display().to_string()));
+            }
+            if let Err(e) = record::send_journal(root, &fields) {
                 eprintln!("exitrd: cannot write to the journal: {e}");
             }
         }

@@ -21,11 +21,12 @@ rmdir "$rootview"
 log "record: /boot left out of fstab, the ESP on /boot/efi kept"
 # The journal entry exitrd.service made at this boot about the shutdown before it (that
 # of the package stage, which exitrd did not run: no record), found by its MESSAGE_ID,
-# with the binary that sent it (_EXE: the payload's copy in RAM, found by its build ID).
+# with the binary that sent it (EXITRD_BINARY: the payload's copy in RAM, found by its
+# build ID).
 i=0
 while :; do
 	entry=$(journalctl -b -o export MESSAGE_ID=877bac54149a40d2bbc38feeccc23379 2>/dev/null |
-		grep -aE '^(MESSAGE|PRIORITY|EXITRD_RECORDED|_EXE)=' | sort | tr '\n' ';') || true
+		grep -aE '^(MESSAGE|PRIORITY|EXITRD_RECORDED|EXITRD_BINARY)=' | sort | tr '\n' ';') || true
 	if [ -n "$entry" ] || [ "$i" -ge 150 ]; then
 		break
 	fi

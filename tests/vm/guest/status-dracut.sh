@@ -14,18 +14,14 @@ else
 	log "status: exitrd is not installed"
 fi
 # The binary exitrd.service ran at this boot: the payload's copy in RAM, found by the
-# package's build ID, not /usr/sbin/exitrd. Read from the _EXE of the journal entry it
-# sends itself (its MESSAGE_ID): the unit's stdout lines carry systemd's, which opened
-# the stream before the exec.
+# package's build ID, not /usr/sbin/exitrd. Its journal entry (by MESSAGE_ID) names it.
 # (Waited for a while: the unit may still be running when this script starts.)
 i=0
-while :; do
+exe=
+while command -v exitrd >/dev/null && [ -z "$exe" ] && [ "$i" -lt 150 ]; do
 	exe=$(journalctl -b -o export MESSAGE_ID=877bac54149a40d2bbc38feeccc23379 2>/dev/null |
-		grep -a '^_EXE=' | sort -u | tr '\n' ' ') || true
-	if [ -n "$exe" ] || [ "$i" -ge 150 ] || ! command -v exitrd >/dev/null; then
-		break
-	fi
-	sleep 0.2
+		grep -a '^EXITRD_BINARY=' | sort -u | tr '\n' ' ') || true
+	[ -n "$exe" ] || sleep 0.2
 	i=$((i + 1))
 done
 log "exitrd.service ran: ${exe% }"
