@@ -100,6 +100,7 @@ class BootSpec:
     # whole guest RAM is saved to this file through QMP before qemu is told to quit.
     ram_dump: Path | None = None
     extra_args: tuple[str, ...] = ()   # more qemu arguments (Scenario.qemu_extra)
+    nfs: Nfs | None = None   # set: the root is this tree, served over NFS (network root)
     uefi: bool = False       # boot through the firmware and the stack's own GRUB
     # Booted snapshots (tests/vm/snapshot.py): save the running guest's state to this file
     # once its serial log shows SNAPSHOT_POINT, then quit; or start from a saved state.
@@ -219,6 +220,10 @@ def vm_slot_across_processes(name: str):
 
 def boot(spec: BootSpec, drives: list[Path]) -> Boot:
     with vm_slot(spec.name):
+        if spec.nfs is not None:
+            with nfs_export(spec.nfs, spec.rundir, spec.name) as (net, extra, prefix):
+                return boot_now(dataclasses.replace(spec, append=f"{spec.append} {extra}"),
+                                drives, net, prefix)
         if spec.nbd is None:
             return boot_now(spec, drives)
         # The first drive is served over the network instead of being attached.
@@ -238,15 +243,55 @@ NBD_EXPORT = "root"
 
 
 @dataclasses.dataclass(frozen=True)
+class Nfs:
+    export: Path                 # the root file system tree the guest mounts
+    stop_on: str | None = None   # freeze the server once the serial log shows this line
+
+
+@dataclasses.dataclass(frozen=True)
 class Nbd:
     stop_on: str | None = None   # stop answering once the serial log shows this line
+
+
+@contextlib.contextmanager
+def frozen_at(line: str | None, rundir: Path, name: str, pid, what: str):
+    """While in the block: freeze a server (SIGSTOP; pid() gives its pid) once boot
+    `name`'s serial log shows `line`. Frozen, not killed: no answer and no FIN or reset
+    reaches the guest, its requests stay in flight unanswered, as with a server that lost
+    power or a cut cable. The moment is written to NAME.WHAT-stopped in the run folder."""
+    import threading
+    if not line:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        serial = rundir / f"{name}.serial.log"
+        while not stop.wait(0.3):
+            try:
+                text = serial.read_bytes().decode("utf-8", "replace")
+            except OSError:
+                continue
+            target = pid()
+            if line in text and target:
+                os.kill(target, signal.SIGSTOP)
+                (rundir / f"{name}.{what.lower()}-stopped").write_text(f"{time.time():.3f}\n")
+                say(f"boot {name}: host: froze the {what} server (SIGSTOP) at {line!r}")
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
 
 
 @contextlib.contextmanager
 def nbd_export(image: Path, rundir: Path, name: str, nbd: Nbd):
     """Serve `image` over NBD for one boot; yields (qemu network args, kernel args)."""
     import socket
-    import threading
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -268,43 +313,108 @@ def nbd_export(image: Path, rundir: Path, name: str, nbd: Nbd):
                 raise SystemExit(f"qemu-nbd for {image} did not start; see {log.name}")
             time.sleep(0.2)
     say(f"boot {name}: {image.name} served over NBD on 127.0.0.1:{port}")
-    stop = threading.Event()
-
-    def watch() -> None:
-        serial = rundir / f"{name}.serial.log"
-        while not stop.wait(0.3):
-            try:
-                text = serial.read_bytes().decode("utf-8", "replace")
-            except OSError:
-                continue
-            if nbd.stop_on in text:
-                # Frozen, not killed: no FIN reaches the guest, its requests stay in
-                # flight unanswered, as with a server that lost power or a cut cable.
-                srv.send_signal(signal.SIGSTOP)
-                msg = f"host: froze the NBD server (SIGSTOP) at {nbd.stop_on!r}"
-                (rundir / f"{name}.nbd-stopped").write_text(f"{time.time():.3f}\n")
-                say(f"boot {name}: {msg}")
-                return
-
-    watcher = threading.Thread(target=watch, daemon=True) if nbd.stop_on else None
-    if watcher:
-        watcher.start()
     net = ["-nic", f"user,model=virtio-net-pci,restrict=on,guestfwd=tcp:{NBD_GUEST_ADDR}:"
            f"{NBD_GUEST_PORT}-cmd:socat -lf /dev/null - TCP:127.0.0.1:{port}"]
     extra = (f"nbdroot={NBD_GUEST_ADDR}:{NBD_GUEST_PORT}/{NBD_EXPORT} ip=dhcp")
     try:
-        yield net, extra
+        with frozen_at(nbd.stop_on, rundir, name, lambda: srv.pid, "NBD"):
+            yield net, extra
     finally:
-        stop.set()
-        if watcher:
-            watcher.join()
         if srv.poll() is None:
             srv.kill()
             srv.wait()
         log.close()
 
 
-def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -> Boot:
+# NFS roots (Scenario.nfs_root): nfs-ganesha (a user-space NFS server, FSAL_VFS) and
+# rpcbind serve the tree, and qemu runs beside them in a network namespace of their own
+# whose only interface is its loopback: the guest's user-mode network reaches the servers
+# at 10.0.2.2 (slirp's address for the host's loopback, here the namespace's), and
+# nothing is reachable from or to the host's network. initramfs-tools mounts the root with
+# klibc's nfsmount (NFSv3 over TCP: portmapper, mountd, nfsd). A private mount namespace
+# gives rpcbind its own /run (its socket, no clash with a system rpcbind).
+NFS_SERVER_ADDR = "10.0.2.2"
+GANESHA_CONF = """NFS_CORE_PARAM {{
+    Protocols = 3;
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+    NFS_Port = 2049;
+    MNT_Port = 20048;
+}}
+NFSv4 {{ Graceless = true; RecoveryRoot = {recovery}; }}
+EXPORT {{
+    Export_Id = 1;
+    Path = {export};
+    Pseudo = /root;
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+    Protocols = 3;
+    Transports = TCP, UDP;
+    SecType = sys;
+    FSAL {{ Name = VFS; }}
+}}
+"""
+# Runs in the new namespaces, then becomes qemu ("$@"): the servers' pids go to files in
+# the run folder, from where the harness freezes (fault runs) and ends them.
+NFS_LAUNCHER = """set -eu
+ip link set lo up
+mount -t tmpfs -o mode=0755 exitrd-nfs-run /run
+rpcbind -f -w & echo $! >"$NFS_DIR/rpcbind.pid"
+i=0
+until rpcinfo -p 127.0.0.1 >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -lt 100 ] || { echo "rpcbind did not start" >&2; exit 1; }; sleep 0.1
+done
+ganesha.nfsd -F -f "$NFS_DIR/ganesha.conf" -L "$NFS_DIR/ganesha.log" -N NIV_EVENT \
+    -p "$NFS_DIR/ganesha.pid" & echo $! >"$NFS_DIR/ganesha.pid2"
+i=0
+until rpcinfo -p 127.0.0.1 2>/dev/null | grep -q mountd; do
+    i=$((i + 1)); [ $i -lt 300 ] || { echo "nfs-ganesha did not start" >&2; exit 1; }; sleep 0.1
+done
+exec "$@"
+"""
+
+
+@contextlib.contextmanager
+def nfs_export(nfs: Nfs, rundir: Path, name: str):
+    """Serve nfs.export over NFSv3 for one boot; yields (qemu network args, kernel args,
+    the command prefix that starts the servers and then qemu in their namespaces)."""
+    d = rundir / f"{name}.nfs"
+    d.mkdir(exist_ok=True)
+    (d / "recovery").mkdir(exist_ok=True)
+    (d / "ganesha.conf").write_text(GANESHA_CONF.format(export=nfs.export,
+                                                        recovery=d / "recovery"))
+    (d / "launcher.sh").write_text(NFS_LAUNCHER)
+    prefix = ["unshare", "--net", "--mount", "--propagation", "private",
+              "env", f"NFS_DIR={d}", "sh", str(d / "launcher.sh")]
+
+    def pid_of(what: str) -> int | None:
+        try:
+            return int((d / f"{what}.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    say(f"boot {name}: {nfs.export} served over NFSv3 by nfs-ganesha (log {d}/ganesha.log)")
+    # rw: mounted read-write by the initramfs, as diskless machines run (no fstab entry
+    # for / that systemd would remount it by).
+    # noacl: without the NFSACL side protocol, whose SETACL nfs-ganesha 4.3 fails ("Bad
+    # xdr_free for NFSACL_SETACL": every chmod on the root was an I/O error).
+    extra = f"boot=nfs nfsroot={NFS_SERVER_ADDR}:{nfs.export},noacl ip=dhcp rw"
+    try:
+        with frozen_at(nfs.stop_on, rundir, name, lambda: pid_of("ganesha"), "NFS"):
+            yield ["-nic", "user,model=virtio-net-pci"], extra, prefix
+    finally:
+        for what in ("ganesha", "rpcbind"):
+            pid = pid_of(what)
+            if pid:
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        break
+
+
+def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None,
+             prefix: list[str] | None = None) -> Boot:
     name, rundir, timeout = spec.name, spec.rundir, spec.timeout
     log_path = rundir / f"{name}.serial.log"
     base = list(QEMU_BASE) + ["-smp", str(vm_cpus())]
@@ -339,6 +449,7 @@ def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None) -
         cmd += ["-action", "reboot=shutdown,shutdown=pause"]
     if spec.snapshot_to or spec.incoming or spec.ram_dump:
         cmd += ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
+    cmd = (prefix or []) + cmd
     (rundir / f"{name}.qemu-cmd").write_text(" ".join(cmd) + "\n")
     say(f"boot {name}: {log_path} (limit {timeout} s)")
     t0 = time.monotonic()

@@ -17,11 +17,11 @@ from pathlib import Path
 from . import common, qemu, ram, snapshot
 from .checks import (Check, checks_check_boot, checks_control, checks_test_boot,
                      control_needs_check_boot)
-from .common import CACHE, guest_text, indent, say, stat
+from .common import CACHE, guest_text, indent, run, say, stat
 from .logs import harness_lines, shutdown_excerpt, shutdown_seconds, stamped
 from .qemu import Boot, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
 from .scenarios import TIMEOUT_CHECK, Scenario
-from .stages import find_deb, nbd_of, prune, stack_name, stack_pkg, stack_plain
+from .stages import find_deb, nbd_of, nfs_of, prune, stack_name, stack_pkg, stack_plain
 
 
 # --------------------------------------------------------------------------- a test run
@@ -116,8 +116,13 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
         files["exitrd.deb"] = find_deb()
     disks: list[Path] = []
     dump = rundir / "test.ram" if s.ram else None
+    # An NFS root: every run serves a copy of the stage's tree (the test and check boots
+    # share it), made when the test boot is set up and removed with the run's disks.
+    export = rundir / "export"
     spec = stack_spec(s, "test", rundir, base / "vmlinuz", initrd, boot_append(s, control),
-                      s.timeout_test, nbd=nbd_of(s, test=True, control=control),
+                      (s.control_timeout or s.timeout_test) if control else s.timeout_test,
+                      nbd=nbd_of(s, test=True, control=control),
+                      nfs=nfs_of(s, export, test=True, control=control),
                       ram_dump=dump, extra_args=s.qemu_extra + WATCHDOG_DEVICE)
     src_disks = sorted(src.glob("disk*.qcow2"))
     snap = None
@@ -138,6 +143,9 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
             disks[:] = drives[:-2]
             return drives
         disks[:] = [overlay(d, rundir / d.name) for d in src_disks]
+        if s.nfs_root:
+            shutil.rmtree(export, ignore_errors=True)
+            run(["cp", "-a", "--reflink=auto", src / "root", export])
         return disks + [hd]
 
     tb = boot_fresh(snapshot.restored(spec, snap) if snap else spec, setup_test)
@@ -172,7 +180,7 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
 
         cb = boot_fresh(stack_spec(s, "check", rundir, base / "vmlinuz", initrd,
                                    "init=/usr/local/sbin/exitrd-harness", TIMEOUT_CHECK,
-                                   nbd=nbd_of(s)), setup_check)
+                                   nbd=nbd_of(s), nfs=nfs_of(s, export)), setup_check)
         stat(f"{label}: check boot", cb.wall)
 
     try:
@@ -186,6 +194,7 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
             d.with_name(f"check-{d.name}").unlink(missing_ok=True)
             d.unlink(missing_ok=True)
         (rundir / "harness-wait.qcow2").unlink(missing_ok=True)
+        shutil.rmtree(export, ignore_errors=True)
     return res
 
 

@@ -120,6 +120,11 @@ class Scenario:
     # it): the control's facts are then that switch and control_expect, not giving up.
     control_switches: bool = False
     control_expect: tuple[str, ...] = ()  # lines the control's test boot must have
+    # The stock shutdown hangs for good (systemd waits on a dead server): the control's
+    # facts are that its VM is still up at control_timeout (it is then killed) and
+    # control_expect, not giving up or powering off.
+    control_hangs: bool = False
+    control_timeout: int | None = None   # the control's test boot limit (s), if not timeout_test
     expect_order: tuple[str, ...] = ()   # lines the test boot's log has in this order
     # Where the kernel may take either of several paths (a race the harness cannot pin
     # down), the log must hold every line of exactly one of these; the summary names it.
@@ -136,6 +141,11 @@ class Scenario:
     nbd_root: bool = False
     nbd_stop_on: str | None = None       # test boot: the host freezes the server at this line
     nbd_stop_on_control: str | None = None   # ... and in the control's test boot
+    # A diskless machine whose root is an NFS export (qemu.nfs_export): no installer VM and
+    # no disks; stages.nfs_tree() prepares the tree on the host with the installer script.
+    nfs_root: bool = False
+    nfs_stop_on: str | None = None       # test boot: the host freezes the server at this line
+    nfs_stop_on_control: str | None = None   # ... and in the control's test boot
     # RAM forensics (tests/vm/ram.py): the test boot plants secrets (guest/ram-secrets.sh),
     # qemu keeps the guest's RAM when it stops and the host searches it. What must be
     # gone: "key" (every LUKS volume key in crypttab, whole and by halves), "tmpfs" (a
@@ -219,7 +229,8 @@ scenario(releases=("bookworm",), in_suite=False,
 # pre-pivot hook prepares /run/initramfs. status-dracut.sh records what 'exitrd status'
 # says and whether dracut-shutdown.service stood aside (the package's drop-in).
 # exitrd.service ran the payload's copy in RAM (by the package's build ID), issue 12.5.
-DRACUT_UNIT_EXE = "harness: exitrd.service ran: _EXE=/run/initramfs/.build-id/*/exitrd"
+DRACUT_UNIT_EXE = ("harness: exitrd.service ran: "
+                   "EXITRD_BINARY=/run/initramfs/.build-id/*/exitrd")
 DRACUT_STATUS = (
     "harness: status exit 0", "harness: status: exitrd status: ready*",
     "harness: status:   [ok] dracut builds the initramfs; exitrd's dracut module adds the "
@@ -329,9 +340,9 @@ RECORD_ESP_WROTE = "exitrd: wrote the shutdown record to /boot/efi (vfat on vda1
 # that record-esp's test boot is, after the package stage's shutdown (no exitrd there).
 # Sent by the payload's binary in RAM: exitrd.service finds it by the package's build ID
 # (issue 12.5: the cold /usr/sbin/exitrd was most of the unit's time under emulation).
-JOURNAL_ENTRY = ("harness: journal: EXITRD_RECORDED=0;"
-                 "MESSAGE=exitrd: no record of the last shutdown*;PRIORITY=4;"
-                 "_EXE=/run/initramfs/.build-id/*/exitrd;")
+JOURNAL_ENTRY = ("harness: journal: EXITRD_BINARY=/run/initramfs/.build-id/*/exitrd;"
+                 "EXITRD_RECORDED=0;MESSAGE=exitrd: no record of the last shutdown*;"
+                 "PRIORITY=4;")
 scenario(releases=("trixie",), name="record-esp", **ENCRYPTED_LVM, **RECORD_CHECK,
          test_extra="record-esp.sh",
          expect=ENCRYPTED_LVM_RUN["expect"] + (
@@ -341,7 +352,7 @@ scenario(releases=("trixie",), name="record-esp", **ENCRYPTED_LVM, **RECORD_CHEC
          check_expect=("harness: record /boot/efi/EFI/exitrd/last-shutdown.json: *",
                        "harness: status: last shutdown: clean, * s, poweroff, closed *",
                        "harness: status json: recorded true"),
-         control_fails=(f"log has '{RECORD_ESP_WROTE}'", "log has 'harness: journal: EXITRD_",
+         control_fails=(f"log has '{RECORD_ESP_WROTE}'", "log has 'harness: journal: EXITRD_BINARY=",
                         "check boot log has 'harness: record /boot/efi/EFI/exitrd/",
                         "check boot log has 'harness: status: last shutdown: clean",
                         "check boot log has 'harness: status json: recorded true"))
@@ -658,6 +669,56 @@ scenario(
     control_fails=("kernel logged 'block nbd0: Disconnected due to user request.'",
                    f"log has '{NBD_STATUS_NETWORK}'"),
 )
+# NFS root (issue 13.1): a diskless machine, / mounted by initramfs-tools' boot=nfs from
+# nfs-ganesha on the host's side (qemu.nfs_export: the servers and qemu share a network
+# namespace of their own), the interface configured by the initramfs (ip=dhcp). The
+# exitrd must unmount the root while the network is still up, and report it.
+NFS_STACK = dict(installer="install-nfs-root.sh", disks=(), nfs_root=True, root="/dev/nfs",
+                 check_md=False, initramfs_conf=("MODULES=list",))
+NFS_UNMOUNTED = "exitrd: unmounted /oldroot (nfs on 10.0.2.2:*)"
+# 'exitrd status' on the running system (issue 13.4): the interface to the server was
+# configured by the initramfs and nothing else manages it.
+NFS_STATUS_NETWORK = ("harness: nfs: status:   [ok] / (nfs from 10.0.2.2:*) needs * (to "
+                      "10.0.2.2): the initramfs configured * and no network service manages "
+                      "it: it stays up until power-off")
+scenario(
+    name="nfs-root", **NFS_STACK, closed=(), test_extra="nfs-test.sh",
+    # Without exitrd systemd remounts / read-only and calls everything detached.
+    control_gave_up=Rx(r"systemd-shutdown\[1\]: All filesystems, swaps, loop devices, "
+                       r"MD devices and DM devices detached\."),
+    expect=("harness: nfs: root: 10.0.2.2:* nfs", NFS_UNMOUNTED, NFS_STATUS_NETWORK),
+    forbid=("exitrd: could not *", "*nfs: server * not responding*"),
+    control_fails=(f"log has '{NFS_UNMOUNTED}'", f"log has '{NFS_STATUS_NETWORK}'"),
+)
+# ... and the server gone (issue 13.1): the same spared '@' writer as nbd-server-gone
+# keeps dirtying a file on /, and the host freezes nfs-ganesha (SIGSTOP) as systemd
+# switches into the exitrd. The exitrd must not hang on the dead server and power off
+# within its deadline. The control freezes it at the same point of its shutdown.
+# Without exitrd, systemd-shutdown's last sync after its hooks waits on the frozen
+# server for good (the first run: "nfs: server 10.0.2.2 not responding, still trying"
+# at 302 s, hung-task reports at 363 s, still up at 420 s): the control's VM is stopped
+# at 150 s, about 85 s after the freeze, by when the package run has long powered off.
+scenario(
+    name="nfs-server-gone", **NFS_STACK, test_extra="server-gone-writer.sh",
+    nfs_stop_on="systemd-shutdown[1]: Successfully changed into root pivot.",
+    nfs_stop_on_control="harness: pre-pivot argv: poweroff",
+    check_boot=False, closed=(), max_shutdown=75.0,
+    control_hangs=True, control_timeout=150,
+    control_expect=("harness: pre-pivot argv: poweroff",),
+    expect=("harness: server-gone: writer started*", "exitrd: sync: timed out*",
+            "exitrd:   /oldroot is held by * (@root-writer, spared as @)*"),
+    # As on nbd-server-gone, the freeze races with the exitrd's first sync: (a) the
+    # writer sticks in the kernel through SIGKILL and / is detached lazily (the first
+    # run, 24.8 s from sync to power-down); (b) the writer dies and the unmount itself
+    # waits for the writeback until its step time is up.
+    expect_one_path=(
+        ("exitrd: * did not die (stuck in the kernel?): *",
+         "exitrd: detached busy /oldroot lazily*"),
+        ("exitrd: sending SIGKILL to 1 process(es): *",
+         "exitrd: could not unmount /oldroot (nfs on *): timed out*"),
+    ),
+    control_fails=("shutdown within 75 s", "log has 'exitrd: sync: timed out"),
+)
 # ... and the server gone: a spared '@' writer keeps dirtying a file on / (so systemd
 # cannot remount it read-only), and the host freezes qemu-nbd (SIGSTOP: no answer, no
 # FIN) as systemd switches into the exitrd. Writes to nbd0 then hang in flight; the
@@ -674,7 +735,7 @@ scenario(
 # line) freezes the server at the same point of the shutdown: when systemd-shutdown runs
 # its system-shutdown hooks, right before it would switch.
 scenario(
-    name="nbd-server-gone", **{**NBD_STACK, "test_extra": "nbd-server-gone.sh"},
+    name="nbd-server-gone", **{**NBD_STACK, "test_extra": "server-gone-writer.sh"},
     nbd_stop_on="systemd-shutdown[1]: Successfully changed into root pivot.",
     nbd_stop_on_control="harness: pre-pivot argv: poweroff",
     check_boot=False, closed=(), left=("nbd0",), max_shutdown=75.0,
@@ -682,8 +743,8 @@ scenario(
     # it, gives up on the file systems, then times out its own sync on the frozen server.
     control_gave_up=Rx(r"systemd-shutdown\[1\]: Unable to finalize remaining file systems, "
                        r"ignoring\."),
-    expect=("harness: nbd: writer started*", "exitrd: sync: timed out*",
-            "exitrd:   /oldroot is held by * (@nbd-writer, spared as @)*",
+    expect=("harness: server-gone: writer started*", "exitrd: sync: timed out*",
+            "exitrd:   /oldroot is held by * (@root-writer, spared as @)*",
             "exitrd: could not disconnect network block device nbd0: nbd: /dev/nbd0 is still "
             "in use, not disconnected*"),
     expect_one_path=(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .checks import require_harness_ok
 from .common import CACHE, REPO, guest_text, indent, key_of, run, say, sha256_file, stat, tail
-from .qemu import BootSpec, Nbd, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
+from .qemu import BootSpec, Nbd, Nfs, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
 from .scenarios import TIMEOUT_INSTALL, Scenario
 
 MIRROR = os.environ.get("EXITRD_VM_MIRROR", "http://deb.debian.org/debian")
@@ -312,6 +312,8 @@ def customise_rootfs(root: Path) -> None:
 def stack_base(s: Scenario) -> Path:
     if s.live:
         return live_medium(s, None)
+    if s.nfs_root:
+        return nfs_tree(s, None)
     rf = rootfs_native(s.release, s.extra_packages, s.native_packages)
     key = key_of("base", rf.name, s.installer, guest_text(s.installer), guest_text("lib.sh"),
                  s.disks, s.busybox_in_initramfs, s.initramfs_conf, STAGE_INIT)
@@ -349,6 +351,40 @@ def stack_base(s: Scenario) -> Path:
     return cached(f"base-{stack_name(s)}-{s.release}", key, build)
 
 
+def chroot_install(s: Scenario, rf: Path, tmp: Path, deb: Path | None, deb_var: str,
+                   what: str) -> Path:
+    """The scenario's installer script run on the host in a chroot of a copy of the cached
+    rootfs `rf` (tmp/root; own PID and mount namespaces, only /proc mounted, the host's
+    resolv.conf for apt), with the package under test named by $`deb_var` when `deb` is
+    given. Leaves the tree's kernel and initramfs in tmp (vmlinuz, initrd-exitrd.img or
+    initrd-plain.img); returns the tree."""
+    root = tmp / "root"
+    run(["cp", "-a", "--reflink=auto", rf / "rootfs", root])
+    (root / "tmp/install.sh").write_text(guest_text(s.installer))
+    shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
+    env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8",
+           f"INITRAMFS_CONF={' '.join(s.initramfs_conf)}"]
+    if deb:
+        shutil.copyfile(deb, root / "tmp/exitrd.deb")
+        env.append(f"{deb_var}=/tmp/exitrd.deb")
+    log = tmp / "install.log"
+    say(f"{s.ident}: {what}: chroot on the host (log {log})")
+    with open(log, "w") as f:
+        r = subprocess.run(["unshare", "--pid", "--fork", f"--mount-proc={root}/proc",
+                            "chroot", root, *env, "sh", "/tmp/install.sh"],
+                           stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if r.returncode:
+        raise SystemExit(f"{s.installer} failed, see {log}:\n{indent(tail(log.read_text()))}")
+    shutil.copyfile(rf / "rootfs/etc/resolv.conf", root / "etc/resolv.conf")
+    for f in ("tmp/install.sh", "tmp/exitrd.deb"):
+        (root / f).unlink(missing_ok=True)
+    boot = root / "boot"
+    shutil.copyfile(next(boot.glob("vmlinuz-*")), tmp / "vmlinuz")
+    shutil.copyfile(next(boot.glob("initrd.img-*")),
+                    tmp / f"initrd-{'exitrd' if deb else 'plain'}.img")
+    return root
+
+
 @functools.cache
 def live_medium(s: Scenario, deb: Path | None) -> Path:
     """A live system's boot medium, built on the host as live-build does: the scenario's
@@ -365,29 +401,7 @@ def live_medium(s: Scenario, deb: Path | None) -> Path:
 
     def build(tmp: Path) -> None:
         t0 = time.monotonic()
-        root = tmp / "root"
-        run(["cp", "-a", "--reflink=auto", rf / "rootfs", root])
-        (root / "tmp/install-live.sh").write_text(guest_text(s.installer))
-        shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
-        env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8",
-               f"INITRAMFS_CONF={' '.join(s.initramfs_conf)}"]
-        if deb:
-            shutil.copyfile(deb, root / "tmp/exitrd.deb")
-            env.append("LIVE_DEB=/tmp/exitrd.deb")
-        log = tmp / "install-live.log"
-        say(f"{s.ident}: live medium ({stage}): chroot on the host (log {log})")
-        with open(log, "w") as f:
-            r = subprocess.run(["unshare", "--pid", "--fork", f"--mount-proc={root}/proc",
-                                "chroot", root, *env, "sh", "/tmp/install-live.sh"],
-                               stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        if r.returncode:
-            raise SystemExit(f"{s.installer} failed, see {log}:\n{indent(tail(log.read_text()))}")
-        shutil.copyfile(rf / "rootfs/etc/resolv.conf", root / "etc/resolv.conf")
-        for f in ("tmp/install-live.sh", "tmp/exitrd.deb"):
-            (root / f).unlink(missing_ok=True)
-        boot = root / "boot"
-        shutil.copyfile(next(boot.glob("vmlinuz-*")), tmp / "vmlinuz")
-        shutil.copyfile(next(boot.glob("initrd.img-*")), tmp / f"initrd-{'exitrd' if deb else 'plain'}.img")
+        root = chroot_install(s, rf, tmp, deb, "LIVE_DEB", f"live medium ({stage})")
         t1 = time.monotonic()
         medium = tmp / "medium"
         (medium / "live").mkdir(parents=True)
@@ -411,6 +425,37 @@ def live_medium(s: Scenario, deb: Path | None) -> Path:
                       time.monotonic() - t0)
 
     return cached(f"{stage}-{stack_name(s)}-{s.release}", key, build)
+
+
+@functools.cache
+def nfs_tree(s: Scenario, deb: Path | None) -> Path:
+    """A diskless machine's root file system, served over NFS (Scenario.nfs_root): a copy
+    of the cached rootfs prepared in a chroot on the host by the scenario's installer
+    script (with the package when `deb` is given: dpkg -i, whose trigger rebuilds the
+    initramfs with the payload). The stage holds the tree (root/), the kernel and the
+    initramfs (initrd-plain.img or initrd-exitrd.img); every test boot serves a copy."""
+    rf = rootfs(s.release, s.extra_packages)
+    deb_sha = sha256_file(deb) if deb else None
+    key = key_of("nfs", rf.name, MIRROR, s.installer, guest_text(s.installer),
+                 s.initramfs_conf, deb_sha)
+    stage = "pkg" if deb else "base"
+
+    def build(tmp: Path) -> None:
+        t0 = time.monotonic()
+        chroot_install(s, rf, tmp, deb, "EXITRD_DEB", f"NFS root ({stage})")
+        stat(f"{s.ident}: stage {stage} (NFS root on the host)", time.monotonic() - t0)
+
+    return cached(f"{stage}-{stack_name(s)}-{s.release}", key, build)
+
+
+def nfs_of(s: Scenario, export: Path, test: bool = False,
+           control: bool = False) -> Nfs | None:
+    """How a boot of an NFS-root stack gets its root: the run's copy of the tree."""
+    if not s.nfs_root:
+        return None
+    if not test:
+        return Nfs(export)
+    return Nfs(export, stop_on=s.nfs_stop_on_control if control else s.nfs_stop_on)
 
 
 def nbd_of(s: Scenario, test: bool = False, control: bool = False) -> Nbd | None:
@@ -469,6 +514,8 @@ def stack_plain(s: Scenario) -> tuple[Path, Path]:
 def stack_pkg(s: Scenario, deb: Path) -> Path:
     if s.live:
         return live_medium(s, deb)
+    if s.nfs_root:
+        return nfs_tree(s, deb)
     base, plain_initrd = stack_plain(s)
     deb_sha = sha256_file(deb)
     key = key_of("pkg", base.name, deb_sha, guest_text("install-package.sh"), guest_text("lib.sh"),
