@@ -291,7 +291,8 @@ pub(crate) fn report_last_shutdown(root: &Path, last: &crate::record::LastShutdo
     }
     if let Some(file) = crate::status::config(root).node_exporter_textfile {
         let path = root.join(file.trim_start_matches('/'));
-        if let Err(e) = record::write_atomic(&path, record::prometheus_text(last).as_bytes()) {
+        if let Err(e) = record::replace_file(&path, record::prometheus_text(last).as_bytes(), false)
+        {
             eprintln!("exitrd: cannot write {}: {e}", path.display());
         }
     }

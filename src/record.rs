@@ -371,24 +371,36 @@ pub fn remember_boot(root: &Path) -> io::Result<bool> {
     }
     let previous = root.join(PREVIOUS_BOOT_ID_FILE);
     match stored {
-        Some(s) => write_atomic(&previous, format!("{s}\n").as_bytes())?,
+        Some(s) => replace_file(&previous, format!("{s}\n").as_bytes(), false)?,
         None => {
             let _ = std::fs::remove_file(&previous);
         }
     }
-    write_atomic(&file, format!("{current}\n").as_bytes())?;
+    replace_file(&file, format!("{current}\n").as_bytes(), false)?;
     Ok(true)
 }
 
-/// Writes `path` whole or not at all (a temporary file renamed over it).
+/// Writes `path` whole or not at all (a temporary file renamed over it), on disk when
+/// this returns: the shutdown record, written as the machine goes down.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace_file(path, data, true)
+}
+
+/// Writes `path` whole or not at all for its readers (a temporary file renamed over it),
+/// forced to disk first only when `durable`. exitrd.service's files at boot (the boot
+/// ids, the node_exporter textfile) are not: the next shutdown's sync takes them there,
+/// and a crash before that costs only the pairing of the next record with this boot.
+/// Two fsyncs through the root's storage stack were a good part of the unit's time.
+pub fn replace_file(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     use std::io::Write;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = PathBuf::from(tmp);
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 
