@@ -5,6 +5,8 @@
 pub mod buildid;
 pub mod cli;
 pub mod config;
+#[cfg(test)]
+pub(crate) mod fixture;
 pub mod hookcheck;
 pub mod initrd;
 pub mod netroot;

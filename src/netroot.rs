@@ -71,33 +71,6 @@ fn nbdroot_server(cmdline: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
-/// The iSCSI session a block device sits on (`session3` in its sysfs path), and the
-/// target's address from that session's connection.
-fn iscsi_server(root: &Path, dev: &str) -> Option<Option<String>> {
-    let link = fs::read_link(root.join("sys/class/block").join(dev)).ok()?;
-    let session = link.iter().find_map(|c| {
-        let c = c.to_str()?;
-        let n = c.strip_prefix("session")?;
-        n.parse::<u32>().ok().map(|_| n.to_string())
-    })?;
-    let prefix = format!("connection{session}:");
-    let conns = root.join("sys/class/iscsi_connection");
-    let address = fs::read_dir(&conns).ok().and_then(|entries| {
-        entries.filter_map(|e| e.ok()).find_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(&prefix) {
-                return None;
-            }
-            ["persistent_address", "address"].iter().find_map(|f| {
-                let v = fs::read_to_string(e.path().join(f)).ok()?;
-                let v = v.trim();
-                (!v.is_empty()).then(|| v.to_string())
-            })
-        })
-    });
-    Some(address)
-}
-
 /// What in the storage of `/` and `/usr` needs the network.
 pub fn network_uses(root: &Path, topo: &Topology) -> Vec<NetworkUse> {
     let mut uses = Vec::new();
@@ -150,10 +123,10 @@ pub fn network_uses(root: &Path, topo: &Topology) -> Vec<NetworkUse> {
                     server: nbdroot_server(&cmdline),
                     root_is_netfs: false,
                 });
-            } else if let (DevKind::Disk, Some(server)) = (&d.kind, iscsi_server(root, &d.name)) {
+            } else if let DevKind::Iscsi { address, .. } = &d.kind {
                 uses.push(NetworkUse {
                     what: on("the iSCSI disk"),
-                    server,
+                    server: address.clone(),
                     root_is_netfs: false,
                 });
             }
@@ -306,6 +279,25 @@ fn network_setting(root: &Path, file: &str, key: &str) -> Option<String> {
     value
 }
 
+/// Whether ifupdown's configuration (`/etc/network/interfaces` and the files of
+/// `/etc/network/interfaces.d`, which Debian's default file sources) has an `iface` stanza
+/// for `iface`.
+fn ifupdown_defines(root: &Path, iface: &str) -> bool {
+    let dir = root.join("etc/network");
+    let mut files = vec![dir.join("interfaces")];
+    if let Ok(entries) = fs::read_dir(dir.join("interfaces.d")) {
+        files.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    files.iter().any(|f| {
+        fs::read_to_string(f).is_ok_and(|text| {
+            text.lines().any(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some("iface") && words.next() == Some(iface)
+            })
+        })
+    })
+}
+
 fn is_yes(v: &str) -> bool {
     matches!(v, "yes" | "true" | "1" | "on")
 }
@@ -320,12 +312,19 @@ pub fn keeper(root: &Path, iface: &str, root_is_netfs: bool) -> (bool, String, O
     let by_initramfs = run.join(format!("net-{iface}.conf")).exists()
         || run.join(format!("net6-{iface}.conf")).exists();
 
-    // ifupdown: the per-interface state file of ifupdown 0.8, or the old common one.
+    // ifupdown: the per-interface state file of ifupdown 0.8, or the old common one. An
+    // entry alone proves nothing: open-iscsi's udev helper writes one for the iSCSI
+    // root's interface so that ifupdown leaves it alone, and `ifdown -a` takes down only
+    // interfaces that /etc/network/interfaces defines. So: ifupdown installed, the
+    // interface up by its state and defined in its configuration.
     let ifstate = run.join("network").join(format!("ifstate.{iface}"));
     let common = fs::read_to_string(run.join("network/ifstate")).unwrap_or_default();
     let ifup_has_it = fs::read_to_string(&ifstate).is_ok_and(|s| !s.trim().is_empty())
         || common.lines().any(|l| l.split('=').next() == Some(iface));
-    if ifup_has_it {
+    let ifupdown_installed = ["usr/sbin/ifdown", "sbin/ifdown"]
+        .iter()
+        .any(|p| root.join(p).exists());
+    if ifup_has_it && ifupdown_installed && ifupdown_defines(root, iface) {
         return (
             false,
             format!(

@@ -260,8 +260,8 @@ pub fn resolve_spec(root: &Path, spec: &str) -> Option<String> {
 }
 
 /// Why the record must not go to `name`, if it must not: it is, or sits on, a device of
-/// the stack (device-mapper, MD, loop, NBD), something stacked on it, or one of the
-/// devices the shutdown took down (`torn_down`, kernel names).
+/// the stack (device-mapper, MD, loop, NBD, an iSCSI disk), something stacked on it, or
+/// one of the devices the shutdown took down (`torn_down`, kernel names).
 pub fn refuse_reason(
     devices: &BTreeMap<String, BlockDev>,
     name: &str,
@@ -278,6 +278,8 @@ pub fn refuse_reason(
         DevKind::Md { .. } => Some("an MD array"),
         DevKind::Loop { .. } => Some("a loop device"),
         DevKind::Nbd { .. } => Some("a network block device"),
+        // Gone with its session's logout before the record is written.
+        DevKind::Iscsi { .. } => Some("an iSCSI disk"),
         DevKind::Disk | DevKind::Partition { .. } => None,
     };
     // Walk the device and everything it is built on: slaves, and a partition's disk.

@@ -102,8 +102,10 @@ fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
 }
 
 /// Tools the storage needs at shutdown beyond exitrd itself, and where the payload must
-/// hold them: ZFS pools are exported with `zpool`. (NBD disks need none: exitrd
-/// disconnects them itself, with the two ioctls `nbd-client -d` would use.)
+/// hold them: ZFS pools are exported with `zpool`. (NBD disks and iSCSI sessions need
+/// none: exitrd disconnects NBD devices itself, with the two ioctls `nbd-client -d` would
+/// use, and logs out of iSCSI sessions itself, with the kernel's iSCSI netlink requests
+/// iscsid would send; neither iscsiadm nor iscsid is wanted in the payload.)
 fn needed_tools(topo: &Topology) -> Vec<(&'static str, &'static str)> {
     let mut tools = Vec::new();
     if topo.mounts.iter().any(|m| m.fstype == "zfs") {

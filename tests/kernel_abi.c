@@ -12,6 +12,7 @@
 #include <linux/raid/md_u.h>
 #include <linux/loop.h>
 #include <linux/nbd.h>
+#include <linux/netlink.h>
 #include <linux/watchdog.h>
 #include <linux/mount.h>
 #include <sys/syscall.h>
@@ -80,6 +81,13 @@ int main(void)
 	/* NBD */
 	P("NBD_DISCONNECT", NBD_DISCONNECT);
 	P("NBD_CLEAR_SOCK", NBD_CLEAR_SOCK);
+
+	/* iSCSI logout: the netlink protocol and its framing (the iSCSI structures are in
+	 * the kernel's include/scsi/iscsi_if.h, which no uapi header has; see
+	 * src/teardown/iscsi.rs) */
+	P("NETLINK_ISCSI", NETLINK_ISCSI);
+	P("nlmsghdr.size", sizeof(struct nlmsghdr));
+	P("sockaddr_nl.size", sizeof(struct sockaddr_nl));
 
 	/* watchdog */
 	P("WDIOC_KEEPALIVE", WDIOC_KEEPALIVE);

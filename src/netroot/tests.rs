@@ -1,20 +1,9 @@
 use super::*;
-use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 
 /// A fixture root with these files (a target starting with `->` makes a symlink).
 fn root(name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let r = std::env::temp_dir().join(format!("exitrd-netroot-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&r);
-    for (path, text) in files {
-        let p = r.join(path);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        match text.strip_prefix("->") {
-            Some(target) => symlink(target, &p).unwrap(),
-            None => fs::write(&p, text).unwrap(),
-        }
-    }
-    r
+    crate::fixture::tree(&format!("netroot-{name}"), files)
 }
 
 const NFS_ROOT: &str = "20 1 0:21 / / rw,relatime shared:1 - nfs 10.0.2.2:/srv/root \
@@ -48,25 +37,60 @@ fn an_nfs_root_configured_by_the_initramfs_is_kept() {
     assert_eq!(fix, None);
 }
 
+const IFUPDOWN: [(&str, &str); 2] = [
+    ("usr/sbin/ifdown", ""),
+    (
+        "etc/network/interfaces",
+        "source /etc/network/interfaces.d/*\nauto lo\niface lo inet loopback\n",
+    ),
+];
+
 #[test]
 fn ifupdown_takes_the_root_interface_down_before_the_pivot() {
-    let r = nfs_root(
-        "nfs-ifupdown",
-        &[
-            ("run/net-ens3.conf", ""),
-            ("run/network/ifstate.ens3", "ens3\n"),
-        ],
-    );
+    let mut files = vec![
+        ("run/net-ens3.conf", ""),
+        ("run/network/ifstate.ens3", "ens3\n"),
+        (
+            "etc/network/interfaces.d/ens3",
+            "allow-hotplug ens3\niface ens3 inet dhcp\n",
+        ),
+    ];
+    files.extend_from_slice(&IFUPDOWN);
+    let r = nfs_root("nfs-ifupdown", &files);
     let (ok, detail, fix) = run(&r).unwrap();
     assert!(!ok, "{detail}");
     assert!(detail.contains("ifupdown brought ens3 up"), "{detail}");
     assert!(fix.unwrap().contains("/etc/network/interfaces"));
     // The old common state file says the same.
-    let r = nfs_root(
-        "nfs-ifupdown-old",
-        &[("run/network/ifstate", "lo=lo\nens3=ens3\n")],
-    );
+    let mut files = vec![
+        ("run/network/ifstate", "lo=lo\nens3=ens3\n"),
+        ("etc/network/interfaces.d/ens3", "iface ens3 inet dhcp\n"),
+    ];
+    files.extend_from_slice(&IFUPDOWN);
+    let r = nfs_root("nfs-ifupdown-old", &files);
     assert!(!run(&r).unwrap().0);
+}
+
+/// open-iscsi's udev helper marks the iSCSI root's interface up in ifupdown's state file
+/// so that ifupdown leaves it alone (seen on trixie, iscsi-root): `ifdown -a` takes down
+/// only what /etc/network/interfaces defines, and without ifupdown nothing reads the mark.
+#[test]
+fn a_state_entry_ifupdown_does_not_define_is_left_alone() {
+    let marked = [
+        ("run/net-ens3.conf", "DEVICE='ens3'\n"),
+        ("run/network/ifstate", "ens3=ens3\n"),
+    ];
+    // No ifupdown installed.
+    let r = nfs_root("ifstate-no-ifupdown", &marked);
+    let (ok, detail, _) = run(&r).unwrap();
+    assert!(ok, "{detail}");
+    assert!(detail.contains("the initramfs configured ens3"), "{detail}");
+    // ifupdown installed, the interface not in its configuration.
+    let mut files = marked.to_vec();
+    files.extend_from_slice(&IFUPDOWN);
+    let r = nfs_root("ifstate-undefined", &files);
+    let (ok, detail, _) = run(&r).unwrap();
+    assert!(ok, "{detail}");
 }
 
 const NETWORKD_LINK: &str = "# This is private data. Do not parse.\nADMIN_STATE=configured\n\

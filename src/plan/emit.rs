@@ -1,15 +1,29 @@
 //! Emission: the ordered nodes become steps. Each mount moved out of the way gets its
 //! move before the node it makes room for, and is unmounted from where it went; devices
 //! exitrd cannot close (disks, partitions, unbound loops, empty NBD slots) give no step.
+//! The disks of an iSCSI session give one logout, at the place of the last of them: the
+//! order puts each disk after everything on it, so that place is after everything on any
+//! of them.
 
 use super::graph::{Graph, Node};
 use super::order::Order;
 use super::Step;
-use crate::topology::block::{BlockDev, DevKind};
+use crate::topology::block::{portal, BlockDev, DevKind};
 use crate::topology::mountinfo::MountPath;
+use std::collections::BTreeMap;
 
 pub(super) fn steps(graph: &Graph, order: Order) -> Vec<Step> {
     let topo = graph.topo;
+    // Each iSCSI session's disks, in the order's order: the last one carries the logout.
+    let mut sessions: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+    for &n in &order.nodes {
+        if let Node::Device(d) = n {
+            let d = graph.devices[d];
+            if let DevKind::Iscsi { session, .. } = d.kind {
+                sessions.entry(session).or_default().push(&d.name);
+            }
+        }
+    }
     let moved_path = |m: usize| -> Option<String> { order.moved_to.get(&m).cloned() };
     let node_step = |n: Node| -> Option<Step> {
         match n {
@@ -34,7 +48,7 @@ pub(super) fn steps(graph: &Graph, order: Order) -> Vec<Step> {
                         .map(|d| d.name.clone()),
                 })
             }
-            Node::Device(d) => device_step(graph.devices[d]),
+            Node::Device(d) => device_step(graph.devices[d], &sessions),
         }
     };
     let mut steps = Vec::new();
@@ -51,7 +65,25 @@ pub(super) fn steps(graph: &Graph, order: Order) -> Vec<Step> {
     steps
 }
 
-fn device_step(d: &BlockDev) -> Option<Step> {
+/// One logout step for each iSCSI session in `topo`, whatever uses its disks: what the
+/// runtime drops at the very end when writes still wait on a target (see
+/// `teardown::iscsi::drop_session`).
+pub fn iscsi_sessions(topo: &crate::topology::Topology) -> Vec<Step> {
+    let mut sessions: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+    for d in topo.devices.values() {
+        if let DevKind::Iscsi { session, .. } = d.kind {
+            sessions.entry(session).or_default().push(&d.name);
+        }
+    }
+    sessions
+        .values()
+        .filter_map(|disks| topo.devices.get(*disks.last()?))
+        .filter_map(|d| device_step(d, &sessions))
+        .collect()
+}
+
+/// The step that closes `d`; `sessions`: the disks of each iSCSI session, in order.
+fn device_step(d: &BlockDev, sessions: &BTreeMap<u32, Vec<&str>>) -> Option<Step> {
     match &d.kind {
         DevKind::Dm { name, kind, .. } => Some(Step::RemoveDm {
             device: d.name.clone(),
@@ -75,6 +107,29 @@ fn device_step(d: &BlockDev) -> Option<Step> {
         DevKind::Nbd { connected: true } => Some(Step::DisconnectNbd {
             device: d.name.clone(),
         }),
+        DevKind::Iscsi {
+            session,
+            target,
+            address,
+            port,
+        } => {
+            let disks = sessions.get(session)?;
+            // Not the session's last disk: the logout comes later.
+            if disks.last() != Some(&d.name.as_str()) {
+                return None;
+            }
+            Some(Step::LogoutIscsi {
+                device: d.name.clone(),
+                other_disks: disks
+                    .iter()
+                    .filter(|n| **n != d.name)
+                    .map(|n| n.to_string())
+                    .collect(),
+                session: *session,
+                target: target.clone(),
+                portal: portal(address.as_deref(), *port),
+            })
+        }
         _ => None,
     }
 }

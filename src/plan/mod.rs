@@ -11,8 +11,8 @@
 //!
 //! A topological sort of that graph is the plan. Ties are broken for readability: swaps,
 //! then mounts deepest first, then devices top-down stack by stack. Only closable devices
-//! (DM, MD, bound loop, connected NBD) become steps; disks and partitions are only passed
-//! through.
+//! (DM, MD, bound loop, connected NBD, the disks of an iSCSI session: one logout for them
+//! all) become steps; other disks and partitions are only passed through.
 //!
 //! The parts, in the order `plan` uses them: `graph` builds the graph, `rank` ranks the
 //! nodes, `order` sorts them, `emit` turns them into [`Step`]s (whose wording is in
@@ -25,6 +25,7 @@ mod rank;
 mod step;
 mod tree;
 
+pub use emit::iscsi_sessions;
 pub use graph::overlay_layers;
 pub use step::Step;
 pub use tree::{storage_roots, DeviceTree, StorageRoot, NOT_MOUNTED};

@@ -2,7 +2,7 @@
 //! plan and the messages of a failure) and what was done (`describe_done`, logged when a
 //! step succeeds), side by side so that the two tenses stay in step.
 
-use crate::topology::block::DmKind;
+use crate::topology::block::{iscsi_names, DmKind};
 use crate::topology::mountinfo::MountPath;
 use serde::Serialize;
 
@@ -45,6 +45,19 @@ pub enum Step {
     DisconnectNbd {
         device: String,
     },
+    /// Log out of an iSCSI session once nothing uses its disks, which removes them. One
+    /// step per session, after all of its disks (a target may export several LUNs): the
+    /// logout takes them all, so it waits for the last one to be free.
+    LogoutIscsi {
+        /// The session's disk the step comes after: the last of them in the plan.
+        device: String,
+        /// The session's other disks, which go with it.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        other_disks: Vec<String>,
+        session: u32,
+        target: Option<String>,
+        portal: Option<String>,
+    },
 }
 
 impl Step {
@@ -76,6 +89,11 @@ impl Step {
             Step::DisconnectNbd { device } => {
                 format!("disconnect network block device {device}")
             }
+            Step::LogoutIscsi { session, .. } => format!(
+                "log out of iSCSI session {session}{} and remove its {}",
+                self.iscsi_names(),
+                self.iscsi_disks()
+            ),
         }
     }
 
@@ -108,17 +126,67 @@ impl Step {
             Step::DisconnectNbd { device } => {
                 format!("disconnected network block device {device}")
             }
+            Step::LogoutIscsi { session, .. } => format!(
+                "logged out of iSCSI session {session}{}: {} gone",
+                self.iscsi_names(),
+                self.iscsi_disks()
+            ),
         }
     }
 
-    /// The kernel block device this step closes, if it closes one.
+    /// The line logged for a step that closed its device without the goodbye its protocol
+    /// has (`why` says what happened): an iSCSI session torn down without a logout (the
+    /// target did not answer, or its connection had failed). Steps of other kinds never
+    /// end so; for them it is the done line with the reason.
+    pub fn describe_dropped(&self, why: &str) -> String {
+        match self {
+            Step::LogoutIscsi { session, .. } => format!(
+                "dropped iSCSI session {session}{} without a logout: {why}; {} gone",
+                self.iscsi_names(),
+                self.iscsi_disks()
+            ),
+            other => format!("{} ({why})", other.describe_done()),
+        }
+    }
+
+    /// ` (TARGET on PORTAL)` of a logout step.
+    fn iscsi_names(&self) -> String {
+        match self {
+            Step::LogoutIscsi { target, portal, .. } => {
+                iscsi_names(target.as_deref(), portal.as_deref())
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// `disk sda`, `disks sda, sdb` of a logout step.
+    fn iscsi_disks(&self) -> String {
+        let mut disks = self.closes_devices();
+        disks.sort_unstable();
+        let noun = if disks.len() == 1 { "disk" } else { "disks" };
+        format!("{noun} {}", disks.join(", "))
+    }
+
+    /// The kernel block device this step closes, if it closes one: the one it is planned
+    /// after, when it closes several (see [`Step::closes_devices`]).
     pub fn closes_device(&self) -> Option<&str> {
         match self {
             Step::RemoveDm { device, .. }
             | Step::StopMd { device, .. }
             | Step::DetachLoop { device, .. }
-            | Step::DisconnectNbd { device } => Some(device),
+            | Step::DisconnectNbd { device }
+            | Step::LogoutIscsi { device, .. } => Some(device),
             Step::MoveOut { .. } | Step::SwapOff { .. } | Step::Unmount { .. } => None,
         }
+    }
+
+    /// Every kernel block device this step closes: an iSCSI logout removes all the disks
+    /// of its session.
+    pub fn closes_devices(&self) -> Vec<&str> {
+        let mut devices: Vec<&str> = self.closes_device().into_iter().collect();
+        if let Step::LogoutIscsi { other_disks, .. } = self {
+            devices.extend(other_disks.iter().map(String::as_str));
+        }
+        devices
     }
 }

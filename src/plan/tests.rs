@@ -570,6 +570,13 @@ fn every_step_says_what_was_done_in_the_words_the_vm_tests_match() {
         Step::DisconnectNbd {
             device: "nbd0".into(),
         },
+        Step::LogoutIscsi {
+            device: "sda".into(),
+            other_disks: Vec::new(),
+            session: 1,
+            target: Some("iqn.2026-01.test:root".into()),
+            portal: Some("10.0.2.2:3260".into()),
+        },
     ];
     let done: Vec<String> = steps.iter().map(|s| s.describe_done()).collect();
     assert_eq!(
@@ -584,8 +591,144 @@ fn every_step_says_what_was_done_in_the_words_the_vm_tests_match() {
             "stopped MD array md0 (raid1)",
             "detached loop device loop0 from /oldroot/run/late1.img",
             "disconnected network block device nbd0",
+            "logged out of iSCSI session 1 (iqn.2026-01.test:root on 10.0.2.2:3260): disk sda gone",
         ]
     );
+    // A session the target did not see out: the line says so, and why.
+    assert_eq!(
+        steps[9].describe_dropped("the target did not answer within 5.0s"),
+        "dropped iSCSI session 1 (iqn.2026-01.test:root on 10.0.2.2:3260) without a \
+         logout: the target did not answer within 5.0s; disk sda gone"
+    );
+}
+
+fn iscsi(session: u32) -> DevKind {
+    DevKind::Iscsi {
+        session,
+        target: Some("iqn.2026-01.test:root".into()),
+        address: Some("10.0.2.2".into()),
+        port: Some(3260),
+    }
+}
+
+/// The root on LVM on an iSCSI disk's partition, /boot on another partition of it, as the
+/// exitrd sees it: the volume goes after the unmounts, the logout after the volume.
+#[test]
+fn lvm_on_an_iscsi_disk_unmounts_removes_the_lv_then_logs_out() {
+    let part = |name: &str, minor, holders: &[&str]| {
+        let parent = Some("sda".to_string());
+        dev(name, 8, minor, DevKind::Partition { parent }, holders, &[])
+    };
+    let topo = topo_of(
+        "1 0 0:30 / / rw - tmpfs tmpfs rw\n\
+         40 1 252:0 / /oldroot rw - ext4 /dev/mapper/vg0-root rw\n\
+         41 40 8:2 / /oldroot/boot rw - ext4 /dev/sda2 rw\n",
+        vec![
+            dev("sda", 8, 0, iscsi(1), &[], &[]),
+            part("sda1", 1, &["dm-0"]),
+            part("sda2", 2, &[]),
+            dev("dm-0", 252, 0, dm("vg0-root", "LVM-xyz"), &[], &["sda1"]),
+        ],
+        &[],
+    );
+    let p = plan(&topo, &PlanOptions::shutdown());
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(
+        described(&p),
+        vec![
+            "unmount /oldroot/boot (ext4 on /dev/sda2)",
+            "unmount /oldroot (ext4 on /dev/mapper/vg0-root)",
+            "remove LVM volume vg0-root (dm-0)",
+            "log out of iSCSI session 1 (iqn.2026-01.test:root on 10.0.2.2:3260) and remove \
+             its disk sda",
+        ]
+    );
+    assert_eq!(
+        p.steps.last(),
+        Some(&Step::LogoutIscsi {
+            device: "sda".into(),
+            other_disks: Vec::new(),
+            session: 1,
+            target: Some("iqn.2026-01.test:root".into()),
+            portal: Some("10.0.2.2:3260".into()),
+        })
+    );
+}
+
+/// A target with two LUNs: one logout for the session, after everything on either disk,
+/// however the two stacks are ordered; another session's disk gets its own.
+#[test]
+fn a_session_with_two_disks_is_logged_out_once_after_both() {
+    let topo = topo_of(
+        "1 0 0:30 / / rw - tmpfs tmpfs rw\n\
+         40 1 252:0 / /oldroot rw - ext4 /dev/mapper/vg0-root rw\n\
+         41 40 8:16 / /oldroot/srv rw - ext4 /dev/sdb rw\n\
+         42 40 8:32 / /oldroot/data rw - xfs /dev/sdc rw\n",
+        vec![
+            dev("sda", 8, 0, iscsi(1), &["dm-0"], &[]),
+            dev("sdb", 8, 16, iscsi(1), &[], &[]),
+            dev("sdc", 8, 32, iscsi(2), &[], &[]),
+            dev("dm-0", 252, 0, dm("vg0-root", "LVM-xyz"), &[], &["sda"]),
+        ],
+        &[],
+    );
+    let p = plan(&topo, &PlanOptions::shutdown());
+    let logouts: Vec<&Step> = p
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Step::LogoutIscsi { .. }))
+        .collect();
+    assert_eq!(logouts.len(), 2, "{:#?}", p.steps);
+    let session1 = p
+        .steps
+        .iter()
+        .position(|s| matches!(s, Step::LogoutIscsi { session: 1, .. }))
+        .unwrap();
+    let mut disks = p.steps[session1].closes_devices();
+    disks.sort_unstable();
+    assert_eq!(disks, vec!["sda", "sdb"]);
+    for needed in [
+        "unmount /oldroot/srv (ext4 on /dev/sdb)",
+        "remove LVM volume vg0-root (dm-0)",
+    ] {
+        assert!(position(&p, needed) < session1, "{:#?}", p.steps);
+    }
+    assert!(described(&p)[session1].ends_with("and remove its disks sda, sdb"));
+    let session2 = p
+        .steps
+        .iter()
+        .position(|s| matches!(s, Step::LogoutIscsi { session: 2, .. }))
+        .unwrap();
+    assert!(position(&p, "unmount /oldroot/data (xfs on /dev/sdc)") < session2);
+}
+
+/// What the runtime drops at the very end when writes still wait on a target: one step
+/// per session, its disks all named, whatever still uses them.
+#[test]
+fn every_session_is_found_for_the_last_resort_drop() {
+    let topo = topo_of(
+        "1 0 0:30 / / rw - tmpfs tmpfs rw\n",
+        vec![
+            dev("sda", 8, 0, iscsi(1), &["dm-0"], &[]),
+            dev("sdb", 8, 16, iscsi(1), &[], &[]),
+            dev("sdc", 8, 32, iscsi(2), &[], &[]),
+            dev("dm-0", 252, 0, dm("vg0-root", "LVM-xyz"), &[], &["sda"]),
+        ],
+        &[],
+    );
+    let steps = iscsi_sessions(&topo);
+    let sessions: Vec<(u32, Vec<&str>)> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::LogoutIscsi { session, .. } => {
+                let mut disks = s.closes_devices();
+                disks.sort_unstable();
+                Some((*session, disks))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sessions, vec![(1, vec!["sda", "sdb"]), (2, vec!["sdc"])]);
 }
 
 /// Mount points need not be UTF-8: scopes compare bytes, so two paths that differ only in

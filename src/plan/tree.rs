@@ -144,7 +144,7 @@ pub fn storage_roots(topo: &Topology, opts: &PlanOptions, plan: &Plan) -> Vec<St
     let unclaimed: Vec<&BlockDev> = plan
         .steps
         .iter()
-        .filter_map(|s| s.closes_device())
+        .flat_map(|s| s.closes_devices())
         .filter_map(|d| topo.devices.get(d))
         .filter(|d| !shown.contains(&d.name))
         .filter(|d| {

@@ -8,7 +8,7 @@ use super::worker::{self, bounded, bounded_close, bounded_patient, Outcome, Pati
 use super::{procs, read_topology, watchdog};
 use crate::plan::Step;
 use crate::say;
-use crate::teardown::{dm, loopdev, md, nbd, swap, Closed};
+use crate::teardown::{dm, iscsi, loopdev, md, nbd, swap, Closed};
 use crate::topology::Topology;
 use std::io;
 use std::path::Path;
@@ -109,16 +109,59 @@ fn execute(step: &Step, topo: &Topology, timeout: Duration, limit: Duration) -> 
             Ok(dev) => bounded(timeout, move || nbd::disconnect(sys, &device, dev)),
             Err(e) => Outcome::Failed(e),
         },
+        Step::LogoutIscsi {
+            device,
+            other_disks,
+            session,
+            ..
+        } => {
+            // The session's disks still there (the logout removes them all); with none
+            // left, the session went before the step (a logout by someone else).
+            let disks: Vec<(String, (u32, u32))> = std::iter::once(device)
+                .chain(other_disks)
+                .filter_map(|d| number(&d).ok().map(|n| (d, n)))
+                .collect();
+            if disks.is_empty() {
+                return Outcome::Gone;
+            }
+            bounded_close(timeout, move || {
+                iscsi::logout(Path::new("/"), session, &disks, timeout)
+            })
+        }
+    }
+}
+
+/// The last sync timed out, and writes still wait on a device: ends every iSCSI session
+/// left without a logout (`teardown::iscsi::drop_session`), so that neither those writes
+/// nor sd's cache flush at power-off wait on a target that no longer answers.
+pub fn drop_iscsi_sessions(timeout: impl Fn() -> Duration) {
+    let Some(topo) = super::read_topology() else {
+        return;
+    };
+    for step in crate::plan::iscsi_sessions(&topo) {
+        let Step::LogoutIscsi { session, .. } = step else {
+            continue;
+        };
+        let limit = timeout();
+        let why = "writes still wait on it after the last sync, and the power-off would wait \
+                   on its target too";
+        match bounded_close(limit, move || {
+            iscsi::drop_session(Path::new("/"), session, why, limit)
+        }) {
+            Outcome::Dropped(why) => say!("{}", step.describe_dropped(&why)),
+            Outcome::Done | Outcome::Gone => {}
+            other => say!("could not drop iSCSI session {session}: {other}"),
+        }
     }
 }
 
 /// Logs a step's outcome; `Gone` is said by the caller, which knows the device's name.
 fn log_outcome(step: &Step, outcome: &Outcome) {
-    let Outcome::Done = outcome else {
-        say!("could not {}: {outcome}", step.describe());
-        return;
-    };
-    say!("{}", step.describe_done());
+    match outcome {
+        Outcome::Done => say!("{}", step.describe_done()),
+        Outcome::Dropped(why) => say!("{}", step.describe_dropped(why)),
+        other => say!("could not {}: {other}", step.describe()),
+    }
 }
 
 /// What the log said held what (subject: a mount point or a device's name; the line),

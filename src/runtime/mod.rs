@@ -156,13 +156,21 @@ pub fn run(args: &[String]) -> ! {
         );
     }
     say!("finished in {:.1}s", started.elapsed().as_secs_f64());
-    reboot::finish(
-        verb,
+    let synced = reboot::bounded_sync(
         shutdown
             .deadline
             .cap_last_resort(reboot::FINAL_SYNC_TIMEOUT),
-    )
+    );
+    if !synced {
+        // Writes still wait on a device: an iSCSI target that stopped answering would
+        // hold the kernel's power-off too (sd flushes each disk's cache on the way down).
+        execute::drop_iscsi_sessions(|| shutdown.deadline.cap_last_resort(ISCSI_DROP_TIMEOUT));
+    }
+    reboot::power(verb)
 }
+
+/// How long dropping one iSCSI session at the very end may take.
+const ISCSI_DROP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The test fault `exitrd.fault=hang`: PID 1 wedged after unmounting, as if stuck for good.
 /// Only the hardware watchdog may end this, and the VM test proves that it does: so

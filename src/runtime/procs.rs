@@ -35,8 +35,10 @@ pub struct Proc {
 /// systemd-shutdown's rules for processes that survive its final kill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spared {
-    /// Real uid 0 and `argv[0]` starting with `@`: storage daemons such as nbd-client,
-    /// iscsid (systemd's documented convention).
+    /// Real uid 0 and `argv[0]` starting with `@`: storage daemons such as nbd-client
+    /// (systemd's documented convention). open-iscsi's iscsid does not mark itself so, and
+    /// is ended with the rest: exitrd logs out of iSCSI sessions itself, and an iscsid
+    /// alive would take the kernel's answers for its own (see `teardown::iscsi`).
     At,
     /// In a cgroup marked `SurviveFinalKillSignal=` (the cgroup's
     /// `user.survive_final_kill_signal` or `trusted.survive_final_kill_signal` xattr).

@@ -41,7 +41,8 @@ impl Verb {
 pub const FINAL_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Flushes file systems with a deadline: `sync(2)` can block for long on a dead device.
-pub fn bounded_sync(timeout: Duration) {
+/// Whether the sync finished in time.
+pub fn bounded_sync(timeout: Duration) -> bool {
     let outcome = bounded(timeout, || {
         nix::unistd::sync();
         Ok(())
@@ -49,6 +50,7 @@ pub fn bounded_sync(timeout: Duration) {
     if !outcome.is_done() {
         say!("sync: {outcome}");
     }
+    outcome.is_done()
 }
 
 static REBOOT_PARAM: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
@@ -100,6 +102,11 @@ fn restart2(arg: &str) -> nix::Result<()> {
 /// and then keeps trying, because returning would make PID 1 exit and the kernel panic.
 pub fn finish(verb: Verb, sync_timeout: Duration) -> ! {
     bounded_sync(sync_timeout);
+    power(verb)
+}
+
+/// Reboots, powers off, halts or kexecs as `verb` says, without a sync first.
+pub fn power(verb: Verb) -> ! {
     let mode = match verb {
         Verb::Reboot => RebootMode::RB_AUTOBOOT,
         Verb::PowerOff => RebootMode::RB_POWER_OFF,

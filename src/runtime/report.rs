@@ -71,7 +71,7 @@ pub fn inventory_of(
     let closed: Vec<String> = progress
         .done
         .iter()
-        .filter_map(|s| s.closes_device())
+        .flat_map(|s| s.closes_devices())
         .filter(|d| !present(d) && !progress.gone_by_kernel.contains(*d))
         .filter_map(display_of)
         .collect();

@@ -39,7 +39,8 @@ pub struct Limits {
 
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Steps that ended with their device or mount gone: `Done` or `Gone`, in order.
+    /// Steps that ended with their device or mount gone: `Done`, `Dropped` or `Gone`, in
+    /// order.
     pub done: Vec<Step>,
     /// Devices of `done` steps that the kernel removed itself (`Outcome::Gone`: deferred
     /// removal, autoclear) before or while the step ran: closed, but not by exitrd.
@@ -112,7 +113,7 @@ pub fn run_passes(
             let outcome = ex.run(&step, &topo, left.min(limits.step_timeout));
             ex.report(&step, &outcome);
             match outcome {
-                Outcome::Done | Outcome::Gone => {
+                Outcome::Done | Outcome::Dropped(_) | Outcome::Gone => {
                     if let (Outcome::Gone, Some(device)) = (&outcome, step.closes_device()) {
                         progress.gone_by_kernel.insert(device.to_string());
                     }

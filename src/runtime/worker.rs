@@ -38,11 +38,14 @@ pub enum Outcome {
     Gone,
     Failed(io::Error),
     TimedOut,
+    /// Done, but without the goodbye the device's protocol has (see [`Closed::Dropped`]);
+    /// the text says why.
+    Dropped(String),
 }
 
 impl Outcome {
     pub fn is_done(&self) -> bool {
-        matches!(self, Outcome::Done | Outcome::Gone)
+        matches!(self, Outcome::Done | Outcome::Gone | Outcome::Dropped(_))
     }
 }
 
@@ -53,6 +56,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Gone => write!(f, "already gone"),
             Outcome::Failed(e) => write!(f, "{e}"),
             Outcome::TimedOut => write!(f, "timed out (left running in the background)"),
+            Outcome::Dropped(why) => write!(f, "done without the protocol's goodbye: {why}"),
         }
     }
 }
@@ -60,13 +64,16 @@ impl std::fmt::Display for Outcome {
 /// A worker's exit code when its operation found the device already gone
 /// ([`Closed::Gone`]); errno values stay below it (Linux's largest is 133).
 const GONE_EXIT: i32 = 254;
+/// A worker's exit code when its operation closed the device without its protocol's
+/// goodbye ([`Closed::Dropped`]); the reason goes through the error pipe.
+const DROPPED_EXIT: i32 = 253;
 /// A worker's exit code for an error without an errno.
 const OTHER_ERROR_EXIT: i32 = 255;
 
 /// The exit code a worker reports `e` with: its errno, if it has one that fits.
 fn exit_code(e: &io::Error) -> i32 {
     errno(e)
-        .filter(|c| (1..GONE_EXIT).contains(c))
+        .filter(|c| (1..DROPPED_EXIT).contains(c))
         .unwrap_or(OTHER_ERROR_EXIT)
 }
 
@@ -133,6 +140,10 @@ pub fn bounded_patient<F: FnOnce() -> io::Result<Closed>>(patience: Patience, op
             let code = match op() {
                 Ok(Closed::Done) => 0,
                 Ok(Closed::Gone) => GONE_EXIT,
+                Ok(Closed::Dropped(why)) => {
+                    let _ = write(&writer, why.as_bytes());
+                    DROPPED_EXIT
+                }
                 Err(e) => {
                     let _ = write(&writer, e.to_string().as_bytes());
                     exit_code(&e)
@@ -144,11 +155,22 @@ pub fn bounded_patient<F: FnOnce() -> io::Result<Closed>>(patience: Patience, op
         ForkResult::Parent { child } => {
             drop(writer);
             let outcome = wait_for(child, &patience);
+            let text = || {
+                let mut buf = [0u8; 512];
+                let n = read(reader.as_raw_fd(), &mut buf).unwrap_or(0);
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            };
             match outcome {
+                Outcome::Dropped(_) => {
+                    let why = text();
+                    Outcome::Dropped(if why.is_empty() {
+                        "no reason given".into()
+                    } else {
+                        why
+                    })
+                }
                 Outcome::Failed(e) => {
-                    let mut buf = [0u8; 512];
-                    let n = read(reader.as_raw_fd(), &mut buf).unwrap_or(0);
-                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let text = text();
                     if text.is_empty() {
                         Outcome::Failed(e)
                     } else {
@@ -322,6 +344,7 @@ fn wait_for(child: Pid, patience: &Patience) -> Outcome {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, 0)) => return Outcome::Done,
             Ok(WaitStatus::Exited(_, GONE_EXIT)) => return Outcome::Gone,
+            Ok(WaitStatus::Exited(_, DROPPED_EXIT)) => return Outcome::Dropped(String::new()),
             Ok(WaitStatus::Exited(_, OTHER_ERROR_EXIT)) => {
                 return Outcome::Failed(io::Error::other("failed"));
             }
@@ -460,6 +483,17 @@ mod tests {
             bounded_close(Duration::from_secs(5), || Ok(Closed::Done)),
             Outcome::Done
         ));
+        // Closed without the protocol's goodbye: done, with the reason the worker gave.
+        let dropped = bounded_close(Duration::from_secs(5), || {
+            Ok(Closed::Dropped(
+                "the target did not answer within 5.0s".into(),
+            ))
+        });
+        assert!(dropped.is_done(), "{dropped}");
+        match dropped {
+            Outcome::Dropped(why) => assert_eq!(why, "the target did not answer within 5.0s"),
+            other => panic!("expected dropped, got {other}"),
+        }
         let start = Instant::now();
         let outcome = bounded(Duration::from_millis(200), || {
             std::thread::sleep(Duration::from_secs(30));

@@ -3,6 +3,10 @@
 //!
 //! Only names are read from `holders/` and `slaves/`, so fixtures can store them as empty
 //! files instead of symlinks.
+//!
+//! A whole SCSI disk of an iSCSI session is told by its place in sysfs (its device sits
+//! below the session's, `.../hostH/sessionS/...`); the session's target and portal come
+//! from `sys/class/iscsi_session` and `sys/class/iscsi_connection`.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -44,6 +48,17 @@ pub enum DevKind {
         /// device is an empty slot with nothing to close.
         connected: bool,
     },
+    /// A whole SCSI disk (a LUN) of an iSCSI session; its partitions are partitions.
+    Iscsi {
+        /// The session's number (`sessionS` in sysfs), which the kernel's iSCSI
+        /// interface takes.
+        session: u32,
+        /// The target's name (an IQN), when sysfs shows it.
+        target: Option<String>,
+        /// The portal the session logged in to, from its leading connection.
+        address: Option<String>,
+        port: Option<u16>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,6 +89,8 @@ impl BlockDev {
             DevKind::Dm { .. } | DevKind::Md { .. } => true,
             DevKind::Loop { backing_file } => backing_file.is_some(),
             DevKind::Nbd { connected } => *connected,
+            // Closed by logging out of its session.
+            DevKind::Iscsi { .. } => true,
             DevKind::Disk | DevKind::Partition { .. } => false,
         }
     }
@@ -98,7 +115,114 @@ impl BlockDev {
             },
             DevKind::Nbd { connected: true } => "network block device".into(),
             DevKind::Nbd { connected: false } => "network block device (disconnected)".into(),
+            DevKind::Iscsi {
+                session,
+                target,
+                address,
+                port,
+            } => format!(
+                "iSCSI disk of session {session}{}",
+                iscsi_names(
+                    target.as_deref(),
+                    portal(address.as_deref(), *port).as_deref()
+                )
+            ),
         }
+    }
+}
+
+/// ` (TARGET on PORTAL)`, or as much of it as is known, for the lines that name an iSCSI
+/// session.
+pub fn iscsi_names(target: Option<&str>, portal: Option<&str>) -> String {
+    match (target, portal) {
+        (Some(t), Some(p)) => format!(" ({t} on {p})"),
+        (Some(t), None) => format!(" ({t})"),
+        (None, Some(p)) => format!(" (on {p})"),
+        (None, None) => String::new(),
+    }
+}
+
+/// A portal as iSCSI tools write it: `10.0.2.2:3260`, `[fd00::2]:3260`.
+pub fn portal(address: Option<&str>, port: Option<u16>) -> Option<String> {
+    let address = address?;
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    };
+    Some(match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    })
+}
+
+/// The iSCSI session a whole disk belongs to, and the SCSI host of that session, from the
+/// disk's place in sysfs: `sys/class/block/sdX` links to
+/// `.../hostH/sessionS/targetH:0:0/H:0:0:L/block/sdX` (a session's device is a child of
+/// its SCSI host's). `None` for any other disk, and for fixtures that store plain
+/// directories.
+fn iscsi_session_of(class_dir: &Path, name: &str) -> Option<(u32, u32)> {
+    let link = fs::read_link(class_dir.join(name)).ok()?;
+    host_and_session(&link)
+}
+
+/// `(session, host)` from a sysfs path holding `hostH/sessionS`.
+pub(crate) fn host_and_session(path: &Path) -> Option<(u32, u32)> {
+    let parts: Vec<&str> = path.iter().filter_map(|c| c.to_str()).collect();
+    parts.windows(2).find_map(|pair| {
+        let [host, session] = pair else { return None };
+        let host = host.strip_prefix("host")?.parse().ok()?;
+        let session = session.strip_prefix("session")?.parse().ok()?;
+        Some((session, host))
+    })
+}
+
+/// What sysfs says about an iSCSI session, for the lines that name it.
+#[derive(Debug)]
+struct IscsiNames {
+    target: Option<String>,
+    address: Option<String>,
+    port: Option<u16>,
+}
+
+/// The connections of iSCSI session `session` (`connectionS:C` in
+/// `sys/class/iscsi_connection`), by number, lowest (the leading one) first.
+pub fn iscsi_connections(sys: &Path, session: u32) -> Vec<u32> {
+    let prefix = format!("connection{session}:");
+    let mut cids: Vec<u32> = list_names(&sys.join("class/iscsi_connection"))
+        .iter()
+        .filter_map(|n| n.strip_prefix(&prefix)?.parse().ok())
+        .collect();
+    cids.sort_unstable();
+    cids
+}
+
+/// The target's name and the portal of iSCSI session `session`, from `sys` (`/sys`).
+///
+/// Only attributes the kernel answers without waiting are read: this runs in PID 1. The
+/// portal is the persistent one (where the session logged in, which is what an admin
+/// configured); a connection's `address` and `port` are left alone, since the kernel takes
+/// the connection's endpoint mutex to show them, which a connection being stopped holds.
+fn iscsi_names_of(sys: &Path, session: u32) -> IscsiNames {
+    let target = read_trimmed(
+        &sys.join("class/iscsi_session")
+            .join(format!("session{session}"))
+            .join("targetname"),
+    )
+    .filter(|t| !t.is_empty());
+    let conn = iscsi_connections(sys, session).first().map(|cid| {
+        sys.join("class/iscsi_connection")
+            .join(format!("connection{session}:{cid}"))
+    });
+    let attr = |name: &str| {
+        conn.as_ref()
+            .and_then(|c| read_trimmed(&c.join(name)))
+            .filter(|v| !v.is_empty())
+    };
+    IscsiNames {
+        target,
+        address: attr("persistent_address"),
+        port: attr("persistent_port").and_then(|p| p.parse().ok()),
     }
 }
 
@@ -209,6 +333,14 @@ pub fn read(root: &Path) -> BTreeMap<String, BlockDev> {
             DevKind::Nbd {
                 connected: nbd_connected(&class_dir, name),
             }
+        } else if let Some((session, _)) = iscsi_session_of(&class_dir, name) {
+            let names = iscsi_names_of(&root.join("sys"), session);
+            DevKind::Iscsi {
+                session,
+                target: names.target,
+                address: names.address,
+                port: names.port,
+            }
         } else {
             DevKind::Disk
         };
@@ -285,6 +417,91 @@ mod tests {
                 backing_file: Some("/srv/caf\u{fffd}.img".into())
             }
         );
+    }
+
+    use crate::fixture::tree;
+
+    /// sda is LUN 0 of iSCSI session 3 (host 4), with a partition; sdb is a local disk.
+    #[test]
+    fn a_disk_below_an_iscsi_session_is_an_iscsi_disk_and_its_partitions_stay_partitions() {
+        let lun = "sys/devices/platform/host4/session3/target4:0:0/4:0:0:0/block/sda";
+        let root = tree(
+            "iscsi-block",
+            &[
+                ("sys/class/block/sda", &format!("->../../{}", &lun[4..])),
+                (
+                    "sys/class/block/sda1",
+                    &format!("->../../{}/sda1", &lun[4..]),
+                ),
+                (
+                    "sys/class/block/sdb",
+                    "->../../devices/pci0000:00/0000:00:05.0/host0/target0:0:0/0:0:0:0/block/sdb",
+                ),
+                (&format!("{lun}/dev"), "8:0\n"),
+                (&format!("{lun}/sda1/dev"), "8:1\n"),
+                (&format!("{lun}/sda1/partition"), "1\n"),
+                (
+                    "sys/devices/pci0000:00/0000:00:05.0/host0/target0:0:0/0:0:0:0/block/sdb/dev",
+                    "8:16\n",
+                ),
+                (
+                    "sys/class/iscsi_session/session3/targetname",
+                    "iqn.2026-01.test:root\n",
+                ),
+                (
+                    "sys/class/iscsi_connection/connection3:0/persistent_address",
+                    "10.0.2.2\n",
+                ),
+                (
+                    "sys/class/iscsi_connection/connection3:0/persistent_port",
+                    "3260\n",
+                ),
+            ],
+        );
+        let devs = read(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(
+            devs["sda"].kind,
+            DevKind::Iscsi {
+                session: 3,
+                target: Some("iqn.2026-01.test:root".into()),
+                address: Some("10.0.2.2".into()),
+                port: Some(3260),
+            }
+        );
+        assert!(devs["sda"].is_closable());
+        assert_eq!(
+            devs["sda"].describe(),
+            "iSCSI disk of session 3 (iqn.2026-01.test:root on 10.0.2.2:3260)"
+        );
+        assert_eq!(
+            devs["sda1"].kind,
+            DevKind::Partition {
+                parent: Some("sda".into())
+            }
+        );
+        assert_eq!(devs["sdb"].kind, DevKind::Disk);
+    }
+
+    #[test]
+    fn iscsi_sessions_and_portals_from_sysfs_paths() {
+        let path = Path::new("../../devices/platform/host12/session7/target12:0:0/12:0:0:1");
+        assert_eq!(host_and_session(path), Some((7, 12)));
+        let path = Path::new("../../devices/pci0000:00/host0/target0:0:0/0:0:0:0/block/sda");
+        assert_eq!(host_and_session(path), None);
+        assert_eq!(
+            portal(Some("10.0.2.2"), Some(3260)).as_deref(),
+            Some("10.0.2.2:3260")
+        );
+        assert_eq!(
+            portal(Some("fd00::2"), Some(3260)).as_deref(),
+            Some("[fd00::2]:3260")
+        );
+        assert_eq!(portal(Some("10.0.2.2"), None).as_deref(), Some("10.0.2.2"));
+        assert_eq!(portal(None, Some(3260)), None);
+        assert_eq!(iscsi_names(None, None), "");
+        assert_eq!(iscsi_names(Some("iqn.x"), None), " (iqn.x)");
+        assert_eq!(iscsi_names(None, Some("h:1")), " (on h:1)");
     }
 
     #[test]

@@ -115,6 +115,17 @@ def checks_test_boot(s: Scenario, b: Boot) -> list[Check]:
                        "present"))
     for l in s.kernel_lines:
         c.append(Check(f"kernel logged '{l}'", has_line(msgs, l), "absent"))
+    if s.iscsi_logout is not None:
+        # From the host's capture of the guest's traffic (qemu.iscsi_traffic), not from
+        # what the guest says about itself.
+        seen = b.iscsi.logout() if b.iscsi is not None else None
+        what = b.iscsi.describe() if b.iscsi is not None else "no capture"
+        if s.iscsi_logout:
+            c.append(Check("host: the target got a Logout Request and answered it",
+                           seen is not None, what))
+        else:
+            c.append(Check("host: the target got no answered Logout Request", seen is None,
+                           seen or what))
     if s.pivot:
         gave_up = [m for m in msgs if GAVE_UP.fullmatch(m)]
         c.append(Check("systemd did not give up ('Unable/Failed to finalize')", not gave_up,

@@ -61,6 +61,7 @@ class Boot:
     cpu: float = 0.0        # qemu's CPU time (user + system), s
     repeated: str = ""      # the emulator fault that cost an earlier attempt, if any
     ram: dict | None = None  # what ram.scan found in the RAM saved when it stopped
+    iscsi: IscsiTraffic | None = None  # an iSCSI root: what the host's capture saw
 
     @property
     def text(self) -> str:
@@ -101,6 +102,7 @@ class BootSpec:
     ram_dump: Path | None = None
     extra_args: tuple[str, ...] = ()   # more qemu arguments (Scenario.qemu_extra)
     nfs: Nfs | None = None   # set: the root is this tree, served over NFS (network root)
+    iscsi: Iscsi | None = None  # set: the first drive is served over iSCSI (network root)
     uefi: bool = False       # boot through the firmware and the stack's own GRUB
     # Booted snapshots (tests/vm/snapshot.py): save the running guest's state to this file
     # once its serial log shows SNAPSHOT_POINT, then quit; or start from a saved state.
@@ -224,6 +226,14 @@ def boot(spec: BootSpec, drives: list[Path]) -> Boot:
             with nfs_export(spec.nfs, spec.rundir, spec.name) as (net, extra, prefix):
                 return boot_now(dataclasses.replace(spec, append=f"{spec.append} {extra}"),
                                 drives, net, prefix)
+        if spec.iscsi is not None:
+            with iscsi_export(drives[0], spec.rundir, spec.name, spec.iscsi) as (
+                    net, extra, prefix, pcap):
+                b = boot_now(dataclasses.replace(spec, append=f"{spec.append} {extra}"),
+                             drives[1:], net, prefix)
+            b.iscsi = iscsi_traffic(pcap)
+            pcap.unlink(missing_ok=True)
+            return b
         if spec.nbd is None:
             return boot_now(spec, drives)
         # The first drive is served over the network instead of being attached.
@@ -411,6 +421,165 @@ def nfs_export(nfs: Nfs, rundir: Path, name: str):
                         os.kill(pid, sig)
                     except ProcessLookupError:
                         break
+
+
+# iSCSI roots (Scenario.iscsi_root): tgt's user-space target (tgtd) serves the first
+# drive as LUN 1 of ISCSI_IQN, in a network namespace shared only with qemu, as the NFS
+# servers are (10.0.2.2 is the namespace's loopback to the guest). tgtd serves a regular
+# file, and the drive is a qcow2 overlay: qemu-storage-daemon exports it as a raw file
+# through FUSE (in the namespace's private /run), so the guest's writes land in the
+# overlay as with every other drive. open-iscsi's local-top script logs in with
+# iscsistart (iscsi_target_name=, iscsi_target_ip=, after ip=dhcp).
+# The guest's network traffic is captured (filter-dump, each frame cut at ISCSI_SNAPLEN:
+# the headers and a 48-byte iSCSI basic header segment fit) so that the host can tell
+# whether the target got a Logout Request and answered it: iscsi_traffic().
+ISCSI_IQN = "iqn.2026-12.org.exitrd.test:root"
+ISCSI_PORT = 3260
+ISCSI_SNAPLEN = 192
+ISCSI_LAUNCHER = """set -eu
+ip link set lo up
+mount -t tmpfs -o mode=0755 exitrd-iscsi-run /run
+: >/run/lun1.raw
+qemu-storage-daemon --daemonize --pidfile "$ISCSI_DIR/qsd.pid" \\
+    --blockdev "driver=$ISCSI_FMT,node-name=lun1,file.driver=file,file.filename=$ISCSI_IMAGE,cache.direct=off" \\
+    --export type=fuse,id=lun1,node-name=lun1,mountpoint=/run/lun1.raw,writable=on
+tgtd -f --iscsi portal=0.0.0.0:3260 >"$ISCSI_DIR/tgtd.log" 2>&1 & echo $! >"$ISCSI_DIR/tgtd.pid"
+i=0
+until tgtadm --lld iscsi --op show --mode sys >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -lt 100 ] || { echo "tgtd did not start" >&2; exit 1; }; sleep 0.1
+done
+tgtadm --lld iscsi --op new --mode target --tid 1 -T "$ISCSI_IQN"
+tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b /run/lun1.raw
+tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL
+exec "$@"
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Iscsi:
+    stop_on: str | None = None   # freeze the target once the serial log shows this line
+
+
+@contextlib.contextmanager
+def iscsi_export(image: Path, rundir: Path, name: str, iscsi: Iscsi):
+    """Serve `image` as an iSCSI LUN for one boot; yields (qemu network args, kernel args,
+    the command prefix that starts the servers and then qemu, the capture's path)."""
+    d = rundir / f"{name}.iscsi"
+    d.mkdir(exist_ok=True)
+    (d / "launcher.sh").write_text(ISCSI_LAUNCHER)
+    fmt = "raw" if image.suffix in (".img", ".raw") else "qcow2"
+    prefix = ["unshare", "--net", "--mount", "--propagation", "private",
+              "env", f"ISCSI_DIR={d}", f"ISCSI_IMAGE={image}", f"ISCSI_FMT={fmt}",
+              f"ISCSI_IQN={ISCSI_IQN}", "sh", str(d / "launcher.sh")]
+    pcap = d / "guest.pcap"
+    net = ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0",
+           "-object", f"filter-dump,id=dump0,netdev=net0,file={pcap},maxlen={ISCSI_SNAPLEN}"]
+    extra = (f"ip=dhcp iscsi_target_name={ISCSI_IQN} iscsi_target_ip={NFS_SERVER_ADDR} "
+             f"iscsi_target_port={ISCSI_PORT}")
+
+    def pid_of(what: str) -> int | None:
+        try:
+            return int((d / f"{what}.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    say(f"boot {name}: {image.name} served as an iSCSI LUN by tgtd (log {d}/tgtd.log)")
+    try:
+        with frozen_at(iscsi.stop_on, rundir, name, lambda: pid_of("tgtd"), "iSCSI"):
+            yield net, extra, prefix, pcap
+    finally:
+        for what in ("tgtd", "qsd"):
+            pid = pid_of(what)
+            if pid:
+                for sig in (signal.SIGCONT, signal.SIGTERM):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        break
+        # qemu-storage-daemon flushes the overlay as it ends (SIGTERM); the FUSE mount
+        # went with the namespace.
+        t0 = time.monotonic()
+        while (pid := pid_of("qsd")) and time.monotonic() - t0 < 20:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+
+
+@dataclasses.dataclass
+class IscsiTraffic:
+    """What the host's capture of an iSCSI root's boot shows: the iSCSI PDUs between the
+    guest and the target that sat alone in a TCP segment with no data segment (as logouts
+    do), in order; each (seconds since the capture began, direction, opcode, byte)."""
+    pdus: list[tuple[float, str, int, int]]
+    segments: int         # TCP segments with an iSCSI payload, both ways
+    error: str = ""
+
+    def logout(self) -> str | None:
+        """The guest's last Logout Request and the target's answer to it, described,
+        if the target answered; else None."""
+        req = [i for i, p in enumerate(self.pdus) if p[1] == "to-target" and p[2] == 0x06]
+        if not req:
+            return None
+        t, _, _, reason = self.pdus[req[-1]]
+        for t2, way, op, response in self.pdus[req[-1] + 1:]:
+            if way == "to-guest" and op == 0x26:
+                return (f"Logout Request (reason {reason}) at {t:.1f} s, Logout Response "
+                        f"{response} ({'closed successfully' if response == 0 else 'refused'})"
+                        f" {t2 - t:.3f} s later")
+        return None
+
+    def describe(self) -> str:
+        if self.error:
+            return self.error
+        ops = [f"{p[1]}:0x{p[2]:02x}" for p in self.pdus[-6:]]
+        return f"{self.segments} iSCSI segments captured; the last lone PDUs: {ops}"
+
+
+def iscsi_traffic(pcap: Path) -> IscsiTraffic:
+    """Reads the capture of iscsi_export: pcap (little-endian, Ethernet), IPv4 and TCP to
+    or from port ISCSI_PORT. A lone PDU is a segment whose payload is exactly one 48-byte
+    basic header segment with no additional header and no data (TotalAHSLength and
+    DataSegmentLength zero): what a Logout Request and its Response are. Opcodes without
+    the immediate bit; the byte kept is the Logout Request's reason code (byte 1, without
+    the final bit) or the Logout Response's response (byte 2)."""
+    import struct
+    try:
+        data = pcap.read_bytes()
+    except OSError as e:
+        return IscsiTraffic([], 0, f"no capture: {e}")
+    if len(data) < 24 or data[:4] != b"\xd4\xc3\xb2\xa1":
+        return IscsiTraffic([], 0, f"{pcap}: not a little-endian pcap file")
+    pdus, segments, pos, first = [], 0, 24, None
+    while pos + 16 <= len(data):
+        sec, usec, incl, _orig = struct.unpack_from("<IIII", data, pos)
+        frame = data[pos + 16:pos + 16 + incl]
+        pos += 16 + incl
+        first = first if first is not None else sec + usec / 1e6
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            continue
+        ihl = (frame[14] & 0x0f) * 4
+        total = struct.unpack_from(">H", frame, 16)[0]
+        tcp = 14 + ihl
+        if len(frame) < tcp + 20:
+            continue
+        sport, dport = struct.unpack_from(">HH", frame, tcp)
+        if ISCSI_PORT not in (sport, dport):
+            continue
+        off = (frame[tcp + 12] >> 4) * 4
+        length = total - ihl - off
+        if length <= 0:
+            continue
+        segments += 1
+        bhs = frame[tcp + off:tcp + off + 48]
+        if length != 48 or len(bhs) < 48 or bhs[4:8] != b"\0\0\0\0":
+            continue
+        op = bhs[0] & 0x3f
+        way = "to-target" if dport == ISCSI_PORT else "to-guest"
+        byte = bhs[1] & 0x7f if op == 0x06 else bhs[2]
+        pdus.append((sec + usec / 1e6 - first, way, op, byte))
+    return IscsiTraffic(pdus, segments)
 
 
 def boot_now(spec: BootSpec, drives: list[Path], net: list[str] | None = None,

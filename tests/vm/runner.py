@@ -21,7 +21,7 @@ from .common import CACHE, guest_text, indent, run, say, stat
 from .logs import harness_lines, shutdown_excerpt, shutdown_seconds, stamped
 from .qemu import Boot, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
 from .scenarios import TIMEOUT_CHECK, Scenario
-from .stages import find_deb, nbd_of, nfs_of, prune, stack_name, stack_pkg, stack_plain
+from .stages import find_deb, iscsi_of, nbd_of, nfs_of, prune, stack_name, stack_pkg, stack_plain
 
 
 # --------------------------------------------------------------------------- a test run
@@ -123,6 +123,7 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
                       (s.control_timeout or s.timeout_test) if control else s.timeout_test,
                       nbd=nbd_of(s, test=True, control=control),
                       nfs=nfs_of(s, export, test=True, control=control),
+                      iscsi=iscsi_of(s, test=True, control=control),
                       ram_dump=dump, extra_args=s.qemu_extra + WATCHDOG_DEVICE)
     src_disks = sorted(src.glob("disk*.qcow2"))
     snap = None
@@ -180,7 +181,8 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
 
         cb = boot_fresh(stack_spec(s, "check", rundir, base / "vmlinuz", initrd,
                                    "init=/usr/local/sbin/exitrd-harness", TIMEOUT_CHECK,
-                                   nbd=nbd_of(s), nfs=nfs_of(s, export)), setup_check)
+                                   nbd=nbd_of(s), nfs=nfs_of(s, export),
+                                   iscsi=iscsi_of(s)), setup_check)
         stat(f"{label}: check boot", cb.wall)
 
     try:

@@ -146,6 +146,14 @@ class Scenario:
     nfs_root: bool = False
     nfs_stop_on: str | None = None       # test boot: the host freezes the server at this line
     nfs_stop_on_control: str | None = None   # ... and in the control's test boot
+    # The first disk is served over iSCSI by the host (qemu.iscsi_export) and logged into
+    # by open-iscsi's initramfs; the installer still writes it as a virtio disk. Its test
+    # boots check from the host's capture whether the target got a logout
+    # (`iscsi_logout`: True, the target answered one; False, it never got one).
+    iscsi_root: bool = False
+    iscsi_logout: bool | None = None
+    iscsi_stop_on: str | None = None     # test boot: the host freezes the target at this line
+    iscsi_stop_on_control: str | None = None  # ... and in the control's test boot
     # RAM forensics (tests/vm/ram.py): the test boot plants secrets (guest/ram-secrets.sh),
     # qemu keeps the guest's RAM when it stops and the host searches it. What must be
     # gone: "key" (every LUKS volume key in crypttab, whole and by halves), "tmpfs" (a
@@ -638,6 +646,73 @@ scenario(
     control_fails=("check boot log has 'harness: cache: dirty below used",
                    "kernel logged 'md: md1 stopped.'"),
 )
+
+# iSCSI root (issue 13.2): LVM (vgi/root, ext4 /) on an iSCSI LUN that tgtd serves on the
+# host's side (qemu.iscsi_export: target and qemu share a network namespace of their own),
+# logged into by open-iscsi's initramfs (iscsistart, ip=dhcp). The exitrd must unmount the
+# root and take the LVM volume away while the network is up, then log out of the session
+# itself (iscsid is gone with the old root): the host's capture must show the target get
+# the Logout Request and answer it.
+ISCSI_STACK = dict(installer="install-iscsi-root.sh", disks=("3G",), root="/dev/mapper/vgi-root",
+                   extra_packages=("open-iscsi",), iscsi_root=True, check_md=False,
+                   test_extra="iscsi-test.sh")
+ISCSI_LOGGED_OUT = ("exitrd: logged out of iSCSI session * (iqn.2026-12.org.exitrd.test:root "
+                    "on 10.0.2.2:3260)*")
+# 'exitrd status' on the running system (issue 13.4): the interface to the target was
+# configured by the initramfs and nothing else manages it.
+ISCSI_STATUS_NETWORK = ("harness: iscsi: status:   [ok] / (on the iSCSI disk *) needs * (to "
+                        "10.0.2.2): the initramfs configured * and no network service "
+                        "manages it: it stays up until power-off")
+scenario(
+    name="iscsi-root", **ISCSI_STACK, closed=("vgi-root", "sda"), closed_by_exitrd=("sda",),
+    iscsi_logout=True,
+    # Without exitrd systemd cannot remove vgi-root (/ stays mounted read-only on it) and
+    # powers off logged in: the kernel's last act is sd's cache flush to the target.
+    control_gave_up=Rx(r"systemd-shutdown\[1\]: Unable to finalize remaining DM devices, "
+                       r"ignoring\."),
+    expect=("harness: iscsi: root: /dev/mapper/vgi-root ext4*",
+            "harness: iscsi: session*: iqn.2026-12.org.exitrd.test:root LOGGED_IN",
+            ISCSI_STATUS_NETWORK),
+    forbid=("*I/O error*", "exitrd: could not *"),
+    expect_order=("exitrd: unmounted /oldroot (ext4 on /dev/mapper/vgi-root)",
+                  ISCSI_LOGGED_OUT),
+    control_fails=("host: the target got a Logout Request and answered it",
+                   f"log has '{ISCSI_STATUS_NETWORK}'"),
+)
+
+
+# ... and the target gone (issue 13.2): the same spared '@' writer keeps dirtying a file
+# on /, and the host freezes tgtd (SIGSTOP) as systemd switches into the exitrd. The
+# control freezes it as systemd-shutdown begins (its first sync: the last point its
+# finalizing has not passed yet; at its pre-pivot hook, the freeze lost the race with
+# the power-off).
+scenario(
+    name="iscsi-target-gone", **{**ISCSI_STACK, "test_extra": "server-gone-writer.sh"},
+    iscsi_stop_on="systemd-shutdown[1]: Successfully changed into root pivot.",
+    iscsi_stop_on_control="systemd-shutdown[1]: Syncing filesystems and block devices.",
+    check_boot=False, closed=(), left=("vgi-root", "sda"), max_shutdown=75.0,
+    # Without exitrd (measured once with a 400 s limit): systemd-shutdown waits 90 s for a
+    # udev worker stuck on the disk, then its unmount waits until the kernel's iSCSI
+    # session recovery times out (conn error 46 s after the freeze, then 120 s), and the
+    # machine powers off 167 s after the first sync. The control is stopped at 150 s.
+    control_hangs=True, control_timeout=150,
+    expect=("harness: server-gone: writer started*", "exitrd: sync: timed out*",
+            "exitrd: could not log out of iSCSI session 1 (* on 10.0.2.2:3260) and remove its "
+            "disk sda: iscsi: sda is still in use (sda is held by vgi-root)*"),
+    # The last sync times out: exitrd ends the session without a logout, so that the
+    # kernel's power-off does not wait on the target (sd's cache flush: 31 s before this
+    # was done, then I/O errors as the session failed; the first package run took 76.9 s
+    # from systemd's sync to the power-down, the second 45.5 s).
+    expect_order=("exitrd: sync: timed out*",
+                  "exitrd: dropped iSCSI session 1 (* on 10.0.2.2:3260) without a logout: "
+                  "writes still wait on it after the last sync*; disk sda gone",
+                  "exitrd: powering off"),
+    # What the kernel's power-off waiting on the target ended with before (the cache flush
+    # of sd, then the failed session's recovery timeout).
+    forbid=("*session recovery timed out*",),
+    control_fails=("shutdown within 75 s", "log has 'exitrd: sync: timed out"),
+)
+
 
 # NBD root (issue 4): ext4 on /dev/nbd0, served by the host (qemu-nbd on 127.0.0.1, see
 # qemu.nbd_export), connected by nbd-client in the initramfs (nbdroot=, ip=dhcp, -persist

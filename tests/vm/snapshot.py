@@ -40,7 +40,7 @@ SERIAL = "snapshot.serial.log"
 
 
 def eligible(s) -> bool:
-    return ENABLED and not (s.nbd_root or s.live or s.nfs_root)
+    return ENABLED and not (s.nbd_root or s.live or s.nfs_root or s.iscsi_root)
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .checks import require_harness_ok
 from .common import CACHE, REPO, guest_text, indent, key_of, run, say, sha256_file, stat, tail
-from .qemu import BootSpec, Nbd, Nfs, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
+from .qemu import BootSpec, Iscsi, Nbd, Nfs, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
 from .scenarios import TIMEOUT_INSTALL, Scenario
 
 MIRROR = os.environ.get("EXITRD_VM_MIRROR", "http://deb.debian.org/debian")
@@ -467,6 +467,15 @@ def nbd_of(s: Scenario, test: bool = False, control: bool = False) -> Nbd | None
     return Nbd(stop_on=s.nbd_stop_on_control if control else s.nbd_stop_on)
 
 
+def iscsi_of(s: Scenario, test: bool = False, control: bool = False) -> Iscsi | None:
+    """How a boot of the stack (not its installer) gets disk0 when it is an iSCSI root."""
+    if not s.iscsi_root:
+        return None
+    if not test:
+        return Iscsi()
+    return Iscsi(stop_on=s.iscsi_stop_on_control if control else s.iscsi_stop_on)
+
+
 def stack_name(s: Scenario) -> str:
     """Scenarios sharing an installer (e.g. fault injections) share their disks."""
     return s.installer.removeprefix("install-").removesuffix(".sh")
@@ -532,7 +541,7 @@ def stack_pkg(s: Scenario, deb: Path) -> Path:
 
         b = boot_fresh(stack_spec(s, "install-package", tmp, base / "vmlinuz",
                                   plain_initrd, STAGE_INIT, TIMEOUT_INSTALL,
-                                  nbd=nbd_of(s)), setup)
+                                  nbd=nbd_of(s), iscsi=iscsi_of(s)), setup)
         require_harness_ok(b, f"{s.ident}: package install")
         if not debugfs_dump(hd, "/out/initrd-exitrd.img", tmp / "initrd-exitrd.img"):
             raise SystemExit(f"{s.ident}: package stage left no initrd-exitrd.img")

@@ -108,7 +108,7 @@ impl Fake {
                 }
             }
             other => {
-                if let Some(gone) = other.closes_device() {
+                for gone in other.closes_devices() {
                     let gone = gone.to_string();
                     self.topo.devices.remove(&gone);
                     for d in self.topo.devices.values_mut() {
@@ -153,6 +153,13 @@ impl Executor for Fake {
                 // Went by itself, but its sysfs entry is still there at the next read
                 // (the kernel's deferred removal finishing).
                 Outcome::Gone
+            }
+            Some("dropped") => {
+                // Closed without the protocol's goodbye (an iSCSI target that did not
+                // answer the logout).
+                self.clock += self.step_cost;
+                self.apply(step);
+                Outcome::Dropped("the target did not answer".into())
             }
             Some("slow") => {
                 // Takes longer than allowed: the worker is abandoned at the timeout.
@@ -241,6 +248,25 @@ fn a_device_that_went_by_itself_counts_as_closed() {
     assert_eq!(fake.attempts[lv], 1);
     // Closed, but by the kernel: the inventory must not say exitrd did it.
     assert_eq!(p.gone_by_kernel.iter().collect::<Vec<_>>(), ["dm-1"]);
+}
+
+/// A device closed without its protocol's goodbye is closed, by exitrd, and not tried
+/// again.
+#[test]
+fn a_device_dropped_without_a_goodbye_counts_as_closed_by_exitrd() {
+    let md = "stop MD array md0 (raid1)";
+    let mut fake = Fake::lvm_luks_md().script(md, &["dropped"]);
+    let p = run(&mut fake, &all, 60);
+    assert!(
+        fake.log.contains(&format!(
+            "{md} -> done without the protocol's goodbye: the target did not answer"
+        )),
+        "{:?}",
+        fake.log
+    );
+    assert_eq!(p.done.len(), 6);
+    assert_eq!(fake.attempts[md], 1);
+    assert!(p.failed.is_empty() && p.gone_by_kernel.is_empty(), "{p:?}");
 }
 
 /// Seen on trixie's encrypted LVM: the kernel removed the LUKS mapping (deferred removal)
