@@ -70,9 +70,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Repair what can be repaired (rebuild /run/initramfs from the installed files),
-        /// then check again. Used by exitrd.service at boot.
+        /// then check again. exitrd.service runs it at boot with --pivot-only.
         #[arg(long)]
         repair: bool,
+        /// Check only what the next shutdown's pivot needs: the exec tmpfs on
+        /// /run/initramfs and the installed build of exitrd in it (no storage, builder or
+        /// network checks, no sysfs). What exitrd.service does at boot, with --repair,
+        /// before dracut-shutdown.service looks at /run/initramfs.
+        #[arg(long, conflicts_with_all = ["json", "boot_report"])]
+        pivot_only: bool,
+        /// At boot, after exitrd.service (exitrd-report.service, which nothing waits
+        /// for): the whole check, a warning on stderr when the next shutdown will not take
+        /// the stack apart, the record of the last shutdown into the journal and the
+        /// node_exporter textfile. Repairs nothing.
+        #[arg(long, conflicts_with = "repair")]
+        boot_report: bool,
         /// Check the system below this directory (a captured tree; binaries there are
         /// not run).
         #[arg(long, value_name = "DIR", default_value = "/")]
@@ -190,11 +202,65 @@ pub fn plan_command(root: &PathBuf, json: bool, exitrd_view: bool) -> i32 {
     0
 }
 
-pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
+/// `exitrd status --pivot-only [--repair]`: exitrd.service at boot. Only what the pivot
+/// needs, from the mount table and two ELF notes: the whole check, which reads sysfs and
+/// the builder's files, is exitrd-report.service's job, off the boot's critical path.
+pub fn pivot_status_command(root: &Path, repair: bool) -> i32 {
+    use crate::status;
+    let live = root == Path::new("/");
+    let when = if live {
+        status::When::Boot
+    } else {
+        status::When::Fixture
+    };
+    let check = || match status::check_pivot(root, when) {
+        Ok(checks) => Some(checks),
+        Err(e) => {
+            eprintln!(
+                "exitrd: cannot check the system below {}: {e}",
+                root.display()
+            );
+            None
+        }
+    };
+    let Some(mut checks) = check() else { return 2 };
+    if repair && live && checks.iter().any(|c| !c.ok) {
+        match crate::payload::prepare_installed(
+            Path::new(crate::payload::PAYLOAD_BUILDER),
+            Path::new("/run/initramfs"),
+        ) {
+            Ok(summary) => eprintln!("exitrd: repaired: {summary}"),
+            Err(e) => eprintln!("exitrd: repair failed: {e}"),
+        }
+        let Some(again) = check() else { return 2 };
+        checks = again;
+    }
+    for c in &checks {
+        println!("exitrd: [{}] {}", if c.ok { "ok" } else { "!!" }, c.detail);
+    }
+    let failed: Vec<&status::Check> = checks.iter().filter(|c| !c.ok).collect();
+    if failed.is_empty() {
+        return 0;
+    }
+    // <4> is the journal's warning priority for a unit's stderr.
+    for c in &failed {
+        eprintln!(
+            "<4>exitrd: WARNING: the next shutdown will NOT pivot into exitrd: {}{}",
+            c.detail,
+            c.fix
+                .as_deref()
+                .map(|f| format!("; fix: {f}"))
+                .unwrap_or_default()
+        );
+    }
+    1
+}
+
+pub fn status_command(root: &std::path::Path, json: bool, repair: bool, boot_report: bool) -> i32 {
     use crate::status;
     let live = root == std::path::Path::new("/");
-    // --repair is exitrd.service at boot.
-    let when = match (live, repair) {
+    // --repair and --boot-report are exitrd's units at boot (and --repair an admin's).
+    let when = match (live, repair || boot_report) {
         (false, _) => status::When::Fixture,
         (true, true) => status::When::Boot,
         (true, false) => status::When::Later,
@@ -231,7 +297,7 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
             }
         }
     }
-    if repair && live {
+    if (repair || boot_report) && live {
         report_last_shutdown(root, &s.last_shutdown);
     }
     if json {
@@ -245,7 +311,7 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool) -> i32 {
     } else {
         status::print_human(&s);
     }
-    if !s.ready && repair {
+    if !s.ready && (repair || boot_report) {
         // <4> is the journal's warning priority for a unit's stderr.
         let reasons: Vec<&str> = s
             .checks

@@ -41,7 +41,19 @@ fn main() {
             json,
             exitrd_view,
         } => cli::plan_command(&root, json, exitrd_view),
-        cli::Command::Status { json, repair, root } => cli::status_command(&root, json, repair),
+        cli::Command::Status {
+            json,
+            repair,
+            pivot_only,
+            boot_report,
+            root,
+        } => {
+            if pivot_only {
+                cli::pivot_status_command(&root, repair)
+            } else {
+                cli::status_command(&root, json, repair, boot_report)
+            }
+        }
         cli::Command::Prepare {
             payload,
             from,

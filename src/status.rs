@@ -276,9 +276,20 @@ fn unit_is_active(unit: &str) -> bool {
 
 /// Runs every check against the system below `root` (`/` on a live machine). Binaries
 /// of a fixture tree (`When::Fixture`) are never executed.
-pub fn check(root: &Path, when: When) -> std::io::Result<Status> {
+/// What the pivot itself needs, and what the checks of it found.
+struct Pivot {
+    checks: Vec<Check>,
+    /// `/run/initramfs/shutdown` is an executable file.
+    executable: bool,
+    /// The payload's version, when it was looked at and is exitrd.
+    version: Option<String>,
+}
+
+/// Checks 1 and 2: what the next shutdown's pivot needs, and nothing else (no sysfs, no
+/// storage, no builder): a dedicated exec mount on `/run/initramfs` and the installed
+/// build of exitrd in it. `mounts`: the mount table below `root`.
+fn pivot_checks(root: &Path, mounts: &[Mount], when: When) -> Pivot {
     let payload_runnable = when != When::Fixture;
-    let topo = Topology::read(root)?;
     let dir = exitrd_dir(root);
     let shutdown = dir.join("shutdown");
     let mut checks = Vec::new();
@@ -287,8 +298,8 @@ pub fn check(root: &Path, when: When) -> std::io::Result<Status> {
 
     // 1. A dedicated mount without noexec; otherwise access(X_OK) fails and systemd
     //    silently skips the exitrd.
-    let own = mount_at(&topo.mounts, "/run/initramfs");
-    let run = mount_at(&topo.mounts, "/run");
+    let own = mount_at(mounts, "/run/initramfs");
+    let run = mount_at(mounts, "/run");
     let (ok, detail) = match own {
         Some(m) if has_option(m, "noexec") => (false, "/run/initramfs is mounted noexec".to_string()),
         Some(m) => (true, format!("/run/initramfs is its own {} mount, executable", m.fstype)),
@@ -344,6 +355,34 @@ pub fn check(root: &Path, when: When) -> std::io::Result<Status> {
         detail,
         fix: (!ok).then(|| PREPARE.to_string()),
     });
+
+    Pivot {
+        checks,
+        executable,
+        version,
+    }
+}
+
+/// Only what the next shutdown's pivot needs (checks 1 and 2 of [`check`]), from the mount
+/// table alone: what exitrd.service checks, and repairs, at boot before anything else
+/// (the rest is exitrd-report.service's, which nothing waits for).
+pub fn check_pivot(root: &Path, when: When) -> std::io::Result<Vec<Check>> {
+    let path = root.join("proc/self/mountinfo");
+    let table = std::fs::read(&path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let (mounts, _) = crate::topology::mountinfo::parse_lenient(&table);
+    Ok(pivot_checks(root, &mounts, when).checks)
+}
+
+pub fn check(root: &Path, when: When) -> std::io::Result<Status> {
+    let topo = Topology::read(root)?;
+    let dir = exitrd_dir(root);
+    let installed = env!("CARGO_PKG_VERSION").to_string();
+    let Pivot {
+        mut checks,
+        executable,
+        version,
+    } = pivot_checks(root, &topo.mounts, when);
 
     // 2b. On dracut systems: dracut's request to unpack its image into /run/initramfs at
     //     shutdown, which would write over the payload. exitrd prepare drops it, but
@@ -630,6 +669,50 @@ mod tests {
         assert!(!same_content(&r.join("a"), &r.join("c")).unwrap());
         assert!(!same_content(&r.join("a"), &r.join("d")).unwrap());
         assert!(same_content(&r.join("a"), &r.join("missing")).is_err());
+    }
+
+    /// exitrd.service's part at boot: the pivot's two checks from the mount table alone
+    /// (this tree has no sysfs, no builder and no storage to read), the same verdicts as
+    /// the whole check's first two.
+    #[test]
+    fn the_pivot_check_reads_the_mount_table_and_the_payload_only() {
+        let exec = "1 0 0:20 / / rw - ext4 /dev/vda rw\n\
+                    2 1 0:21 / /run rw,nosuid,nodev,noexec - tmpfs tmpfs rw\n\
+                    3 2 0:22 / /run/initramfs rw,nosuid,nodev - tmpfs exitrd rw\n";
+        let r = root(
+            "pivot-only",
+            &[
+                ("proc/self/mountinfo", exec),
+                ("run/initramfs/shutdown", ""),
+            ],
+        );
+        fs::set_permissions(
+            r.join("run/initramfs/shutdown"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let checks = check_pivot(&r, When::Fixture).unwrap();
+        let names: Vec<&str> = checks.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["exec-mount", "payload"]);
+        assert!(checks.iter().all(|c| c.ok), "{checks:?}");
+        let whole = check(&r, When::Fixture).unwrap();
+        assert_eq!(
+            whole.checks[..2]
+                .iter()
+                .map(|c| (c.name, c.ok))
+                .collect::<Vec<_>>(),
+            [("exec-mount", true), ("payload", true)]
+        );
+        // /run/initramfs a plain directory of a noexec /run: systemd would skip it.
+        let noexec = "1 0 0:20 / / rw - ext4 /dev/vda rw\n\
+                      2 1 0:21 / /run rw,nosuid,nodev,noexec - tmpfs tmpfs rw\n";
+        fs::write(r.join("proc/self/mountinfo"), noexec).unwrap();
+        let checks = check_pivot(&r, When::Fixture).unwrap();
+        assert!(
+            !checks[0].ok && checks[0].detail.contains("noexec"),
+            "{checks:?}"
+        );
+        assert!(checks[0].fix.as_deref().unwrap().contains("exitrd.service"));
     }
 
     #[test]

@@ -236,8 +236,9 @@ scenario(releases=("bookworm",), in_suite=False,
 # (the dracut stage); exitrd's dracut module puts the payload in the image and its
 # pre-pivot hook prepares /run/initramfs. status-dracut.sh records what 'exitrd status'
 # says and whether dracut-shutdown.service stood aside (the package's drop-in).
-# exitrd.service ran the payload's copy in RAM (by the package's build ID), issue 12.5.
-DRACUT_UNIT_EXE = ("harness: exitrd.service ran: "
+# exitrd's boot report (exitrd-report.service, pulled in by exitrd.service) ran the
+# payload's copy in RAM (by the package's build ID), issue 12.5.
+DRACUT_UNIT_EXE = ("harness: exitrd-report.service ran: "
                    "EXITRD_BINARY=/run/initramfs/.build-id/*/exitrd")
 DRACUT_STATUS = (
     "harness: status exit 0", "harness: status: exitrd status: ready*",
@@ -344,9 +345,9 @@ scenario(releases=("trixie",), name="encrypted-lvm-reboot", **ENCRYPTED_LVM, **R
 #   so the record is fsynced and the ESP unmounted again at once; the next boot reads it
 #   from EFI/exitrd/last-shutdown.json.
 RECORD_ESP_WROTE = "exitrd: wrote the shutdown record to /boot/efi (vfat on vda1)"
-# And the journal entry exitrd.service makes at boot (found by its MESSAGE_ID): the boot
-# that record-esp's test boot is, after the package stage's shutdown (no exitrd there).
-# Sent by the payload's binary in RAM: exitrd.service finds it by the package's build ID
+# And the journal entry exitrd-report.service makes at boot (found by its MESSAGE_ID): the
+# boot that record-esp's test boot is, after the package stage's shutdown (no exitrd
+# there). Sent by the payload's binary in RAM: the unit finds it by the package's build ID
 # (issue 12.5: the cold /usr/sbin/exitrd was most of the unit's time under emulation).
 JOURNAL_ENTRY = ("harness: journal: EXITRD_BINARY=/run/initramfs/.build-id/*/exitrd;"
                  "EXITRD_RECORDED=0;MESSAGE=exitrd: no record of the last shutdown*;"

@@ -26,7 +26,7 @@ log "bench memavail-uptime-kib $(memavail)"
 # Boot cost in the booted system: how long the units of each setup took to start (us),
 # how long their process ran, and whether they ran at all (dracut-shutdown.service stands
 # aside where exitrd's payload is: ConditionResult=no).
-for u in exitrd.service dracut-shutdown.service; do
+for u in exitrd.service exitrd-report.service dracut-shutdown.service; do
 	s=$(systemctl show -p LoadState --value "$u")
 	[ "$s" = loaded ] || continue
 	log "bench unit $u $(systemctl show -p ActiveState -p ConditionResult \

@@ -19,7 +19,7 @@ mkdir -p "$rootview/boot/efi"
 umount "$rootview"
 rmdir "$rootview"
 log "record: /boot left out of fstab, the ESP on /boot/efi kept"
-# The journal entry exitrd.service made at this boot about the shutdown before it (that
+# The journal entry exitrd-report.service made at this boot about the shutdown before it (that
 # of the package stage, which exitrd did not run: no record), found by its MESSAGE_ID,
 # with the binary that sent it (EXITRD_BINARY: the payload's copy in RAM, found by its
 # build ID).

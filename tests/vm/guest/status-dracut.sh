@@ -13,7 +13,7 @@ if command -v exitrd >/dev/null; then
 else
 	log "status: exitrd is not installed"
 fi
-# The binary exitrd.service ran at this boot: the payload's copy in RAM, found by the
+# The binary exitrd-report.service ran at this boot: the payload's copy in RAM, found by the
 # package's build ID, not /usr/sbin/exitrd. Its journal entry (by MESSAGE_ID) names it.
 # (Waited for a while: the unit may still be running when this script starts.)
 i=0
@@ -24,7 +24,7 @@ while command -v exitrd >/dev/null && [ -z "$exe" ] && [ "$i" -lt 150 ]; do
 	[ -n "$exe" ] || sleep 0.2
 	i=$((i + 1))
 done
-log "exitrd.service ran: ${exe% }"
+log "exitrd-report.service ran: ${exe% }"
 log "dracut-shutdown.service: $(systemctl show -p ActiveState -p ConditionResult dracut-shutdown.service | tr '\n' ' ')"
 if [ -e /run/initramfs/.need_shutdown ]; then
 	log "dracut: /run/initramfs/.need_shutdown is set"
