@@ -179,7 +179,13 @@ impl<'t> Graph<'t> {
                 DevKind::Loop {
                     backing_file: Some(file),
                 } => {
-                    let backing = self.holding(file);
+                    // A path that leads nowhere (its file system detached) names no
+                    // mount that holds the file.
+                    let backing = if topo.unreachable_loop_files.contains(&d.name) {
+                        None
+                    } else {
+                        self.holding(file)
+                    };
                     if let Some(m) = backing {
                         self.edge(Node::Device(i), Node::Mount(m), false);
                     }

@@ -356,6 +356,7 @@ fn topo_of(
             .map(|(a, f)| (a.to_string(), f.to_string()))
             .collect(),
         warnings: Vec::new(),
+        unreachable_loop_files: Default::default(),
     }
 }
 
@@ -462,6 +463,50 @@ fn live_system_after_systemd_detaches_the_loop_after_the_overlay() {
     let detach = position(&p, "detach loop device loop0 from /oldroot/run/shutdown/mounts/17b953cc00b2dc9c/live/filesystem.squashfs");
     let medium = position(&p, "unmount /exitrd-held/40 (ext4 on /dev/vda)");
     assert!(mv_medium < mv_run && mv_run < root && root < detach && detach < medium);
+}
+
+/// Debian Live with live-boot's `fetch=` (live-net, trixie): the squashfs was downloaded
+/// into a ramfs on /run/live/medium, which systemd-shutdown detached lazily; the kernel
+/// still names the file by its path within that ramfs. That path leads onto the old
+/// root's overlay, which must not be taken for the file's holder: the overlay goes first
+/// (it is loop0's only user), then loop0. Before the exitrd marked such paths, loop0 came
+/// first and its detach failed ("still in use").
+#[test]
+fn live_system_whose_squashfs_was_fetched_into_a_detached_ramfs() {
+    let text = "\
+30 1 0:26 / / rw - tmpfs exitrd rw
+29 30 0:40 / /oldroot ro - overlay overlay ro,lowerdir=/run/live/rootfs/filesystem.squashfs/,upperdir=/run/live/overlay/rw,workdir=/run/live/overlay/work
+28 29 0:25 / /oldroot/run rw - tmpfs tmpfs rw
+";
+    let devices = vec![dev(
+        "loop0",
+        7,
+        0,
+        DevKind::Loop {
+            backing_file: Some("/live/filesystem.squashfs".into()),
+        },
+        &[],
+        &[],
+    )];
+    let mut topo = topo_of(text, devices, &[]);
+    topo.unreachable_loop_files.insert("loop0".into());
+    let p = plan(&topo, &PlanOptions::shutdown());
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let root = position(&p, "unmount /oldroot (overlay on overlay)");
+    let detach = position(
+        &p,
+        "detach loop device loop0 from /live/filesystem.squashfs",
+    );
+    assert!(root < detach, "{:#?}", p.steps);
+    // Unmarked, the path is taken for a file on the overlay: loop0 before it.
+    topo.unreachable_loop_files.clear();
+    let p = plan(&topo, &PlanOptions::shutdown());
+    let root = position(&p, "unmount /oldroot (overlay on overlay)");
+    let detach = position(
+        &p,
+        "detach loop device loop0 from /live/filesystem.squashfs",
+    );
+    assert!(detach < root, "{:#?}", p.steps);
 }
 
 /// A live view of the same system (before the pivot) needs no move: nothing there is

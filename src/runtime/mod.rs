@@ -206,15 +206,67 @@ struct Shutdown {
 
 fn read_topology() -> Option<Topology> {
     match Topology::read(Path::new("/")) {
-        Ok(t) => {
+        Ok(mut t) => {
             for w in &t.warnings {
                 debug!("warning: {w}");
             }
+            mark_unreachable_loop_files(&mut t);
             Some(t)
         }
         Err(e) => {
             say!("cannot read the mount table: {e}");
             None
+        }
+    }
+}
+
+/// How long looking for one loop device's backing file may take.
+const LOOP_FILE_LOOK: Duration = Duration::from_millis(500);
+
+/// Marks the loop devices whose recorded backing file is not there (see
+/// [`Topology::unreachable_loop_files`]): seen in live-net, where live-boot's `fetch=`
+/// put the squashfs on a ramfs that systemd-shutdown detached, and its recorded path
+/// `/live/filesystem.squashfs` led onto the old root's overlay, which then was taken
+/// for the file's holder. Each device and path is looked at once, in a bounded worker (a
+/// stat on a file system whose server is gone would not return); a look that times out
+/// counts as found, which is how paths were taken before.
+fn mark_unreachable_loop_files(topo: &mut Topology) {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    static SEEN: Mutex<BTreeMap<(String, String), bool>> = Mutex::new(BTreeMap::new());
+    for d in topo.devices.values() {
+        let DevKind::Loop {
+            backing_file: Some(file),
+        } = &d.kind
+        else {
+            continue;
+        };
+        let key = (d.name.clone(), file.clone());
+        let known = SEEN.lock().ok().and_then(|seen| seen.get(&key).copied());
+        let found = known.unwrap_or_else(|| {
+            let f = file.clone();
+            let outcome = bounded(LOOP_FILE_LOOK, move || {
+                if crate::topology::backing_file_found(Path::new("/"), OLDROOT, &f) {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(nix::libc::ENOENT))
+                }
+            });
+            let found = !matches!(outcome, Outcome::Failed(_));
+            if !found {
+                debug!(
+                    "{}'s backing file {file} is not where its path leads (its file system \
+                     was detached): no mount holds it",
+                    d.name
+                );
+            }
+            if let Ok(mut seen) = SEEN.lock() {
+                seen.insert(key, found);
+            }
+            found
+        });
+        if !found {
+            topo.unreachable_loop_files.insert(d.name.clone());
         }
     }
 }

@@ -217,6 +217,15 @@ def checks_ram(s: Scenario, b: Boot) -> list[Check]:
                        f"{'%.3f %% left' % left if p else 'not planted'})",
                        kind in patterns and p is not None and left <= PATTERN_LEFT_MAX,
                        f"{p}"))
+    if "fetched" in s.ram:
+        # The squashfs a live system downloaded (Scenario.live_fetch), page by page as the
+        # host served it (ram.file_pages_left).
+        f = r.get("files", {}).get("fetched")
+        left = f["percent_left"] if f else None
+        c.append(Check(f"fetched squashfs erased from RAM (at most {PATTERN_LEFT_MAX:g} % of "
+                       f"its pages left; " + (f"{left:.3f} % of {f['pages']} left)"
+                                              if left is not None else "not searched)"),
+                       left is not None and left <= PATTERN_LEFT_MAX, f"{f}"))
     return c
 
 

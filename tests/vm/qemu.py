@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -103,6 +104,7 @@ class BootSpec:
     extra_args: tuple[str, ...] = ()   # more qemu arguments (Scenario.qemu_extra)
     nfs: Nfs | None = None   # set: the root is this tree, served over NFS (network root)
     iscsi: Iscsi | None = None  # set: the first drive is served over iSCSI (network root)
+    http: Http | None = None  # set: a live system fetches its squashfs from the host (HTTP)
     uefi: bool = False       # boot through the firmware and the stack's own GRUB
     # Booted snapshots (tests/vm/snapshot.py): save the running guest's state to this file
     # once its serial log shows SNAPSHOT_POINT, then quit; or start from a saved state.
@@ -234,6 +236,10 @@ def boot(spec: BootSpec, drives: list[Path]) -> Boot:
             b.iscsi = iscsi_traffic(pcap)
             pcap.unlink(missing_ok=True)
             return b
+        if spec.http is not None:
+            with http_export(spec.http, spec.rundir, spec.name) as (net, extra, prefix):
+                return boot_now(dataclasses.replace(spec, append=f"{spec.append} {extra}"),
+                                drives, net, prefix)
         if spec.nbd is None:
             return boot_now(spec, drives)
         # The first drive is served over the network instead of being attached.
@@ -505,6 +511,56 @@ def iscsi_export(image: Path, rundir: Path, name: str, iscsi: Iscsi):
             except ProcessLookupError:
                 break
             time.sleep(0.1)
+
+
+# Live systems fetched over the network (Scenario.live_fetch): live-boot's fetch= makes
+# the initramfs configure the interface itself (klibc's ipconfig, DHCP from slirp), mount
+# a ramfs on /run/live/medium, download live/filesystem.squashfs into it with busybox
+# wget and loop-mount it from there as from a medium: the whole squashfs stays in RAM.
+# Python's http.server serves the stage's copy of the squashfs, started with qemu in a
+# network namespace of their own as the NFS servers are (10.0.2.2 is the namespace's
+# loopback to the guest; nothing else is reachable either way).
+HTTP_PORT = 8000
+HTTP_FETCHED = "live/filesystem.squashfs"   # below Http.root; the URL's path
+HTTP_LAUNCHER = """set -eu
+ip link set lo up
+"$HTTP_PYTHON" -m http.server --bind 127.0.0.1 --directory "$HTTP_ROOT" "$HTTP_PORT" \\
+    >"$HTTP_DIR/http.log" 2>&1 & echo $! >"$HTTP_DIR/http.pid"
+i=0
+until "$HTTP_PYTHON" -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \\
+        "$HTTP_PORT" 2>/dev/null; do
+    i=$((i + 1)); [ $i -lt 100 ] || { echo "http.server did not start" >&2; exit 1; }; sleep 0.1
+done
+exec "$@"
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Http:
+    root: Path   # the folder served; its HTTP_FETCHED is what the guest fetches
+
+
+@contextlib.contextmanager
+def http_export(http: Http, rundir: Path, name: str):
+    """Serve http.root over HTTP for one boot; yields (qemu network args, kernel args, the
+    command prefix that starts the server and then qemu in their network namespace)."""
+    d = rundir / f"{name}.http"
+    d.mkdir(exist_ok=True)
+    (d / "launcher.sh").write_text(HTTP_LAUNCHER)
+    prefix = ["unshare", "--net", "env", f"HTTP_DIR={d}", f"HTTP_ROOT={http.root}",
+              f"HTTP_PORT={HTTP_PORT}", f"HTTP_PYTHON={sys.executable}", "sh",
+              str(d / "launcher.sh")]
+    extra = f"fetch=http://{NFS_SERVER_ADDR}:{HTTP_PORT}/{HTTP_FETCHED}"
+    say(f"boot {name}: {http.root / HTTP_FETCHED} served over HTTP by Python's http.server "
+        f"(log {d}/http.log)")
+    try:
+        yield ["-nic", "user,model=virtio-net-pci"], extra, prefix
+    finally:
+        try:
+            pid = int((d / "http.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
 
 
 @dataclasses.dataclass

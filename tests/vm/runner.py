@@ -21,7 +21,8 @@ from .common import CACHE, guest_text, indent, run, say, stat
 from .logs import harness_lines, shutdown_excerpt, shutdown_seconds, stamped
 from .qemu import Boot, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
 from .scenarios import TIMEOUT_CHECK, Scenario
-from .stages import find_deb, iscsi_of, nbd_of, nfs_of, prune, stack_name, stack_pkg, stack_plain
+from .stages import (find_deb, http_of, iscsi_of, nbd_of, nfs_of, prune, stack_name, stack_pkg,
+                     stack_plain)
 
 
 # --------------------------------------------------------------------------- a test run
@@ -123,9 +124,10 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
                       (s.control_timeout or s.timeout_test) if control else s.timeout_test,
                       nbd=nbd_of(s, test=True, control=control),
                       nfs=nfs_of(s, export, test=True, control=control),
-                      iscsi=iscsi_of(s, test=True, control=control),
+                      iscsi=iscsi_of(s, test=True, control=control), http=http_of(s, src),
                       ram_dump=dump, extra_args=s.qemu_extra + WATCHDOG_DEVICE)
-    src_disks = sorted(src.glob("disk*.qcow2"))
+    # A live system fetched over HTTP boots without its medium's disk.
+    src_disks = [] if s.live_fetch else sorted(src.glob("disk*.qcow2"))
     snap = None
     if snapshot.eligible(s) and boot_group(s, control) in snapshot.SHARED and not capture:
         try:
@@ -155,7 +157,10 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
     stat(f"{label}: test boot", tb.wall)
     if dump is not None and dump.exists():
         t0 = time.monotonic()
-        tb.ram = ram.scan_and_drop(dump, tb.text)
+        # The squashfs a live_fetch guest downloaded, as the host served it.
+        files = ({"fetched": spec.http.root / qemu.HTTP_FETCHED}
+                 if spec.http is not None and "fetched" in s.ram else {})
+        tb.ram = ram.scan_and_drop(dump, tb.text, files)
         stat(f"{label}: RAM search", time.monotonic() - t0)
     if capture and tb.powered_off:
         tmpcap = rundir / "fixture"
@@ -182,7 +187,7 @@ def run_scenario_now(s: Scenario, control: bool, label: str, capture: Path | Non
         cb = boot_fresh(stack_spec(s, "check", rundir, base / "vmlinuz", initrd,
                                    "init=/usr/local/sbin/exitrd-harness", TIMEOUT_CHECK,
                                    nbd=nbd_of(s), nfs=nfs_of(s, export),
-                                   iscsi=iscsi_of(s)), setup_check)
+                                   iscsi=iscsi_of(s), http=http_of(s, src)), setup_check)
         stat(f"{label}: check boot", cb.wall)
 
     try:

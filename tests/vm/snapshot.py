@@ -14,7 +14,8 @@ boot. On a UEFI stack the snapshot's HARNESS disk carries GRUB's arguments (qemu
 and a restored run needs none. RAM-search runs restore too: their RAM is that of one
 guest's life, the snapshot's boot included (the volume key was set at its unlock). Not
 for network-root runs (the NBD server and the guest's connection to it belong to one qemu
-process) nor live ones (two runs, two media: nothing to share)."""
+process) nor live ones, from a medium or fetched over HTTP (two runs, two media: nothing
+to share)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ SERIAL = "snapshot.serial.log"
 
 
 def eligible(s) -> bool:
-    return ENABLED and not (s.nbd_root or s.live or s.nfs_root or s.iscsi_root)
+    return ENABLED and not (s.nbd_root or s.live or s.live_fetch or s.nfs_root or s.iscsi_root)
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .checks import require_harness_ok
 from .common import CACHE, REPO, guest_text, indent, key_of, run, say, sha256_file, stat, tail
-from .qemu import BootSpec, Iscsi, Nbd, Nfs, boot_fresh, debugfs_dump, make_harness_disk, overlay, stack_spec
+from .qemu import (BootSpec, Http, Iscsi, Nbd, Nfs, boot_fresh, debugfs_dump, make_harness_disk,
+                   overlay, stack_spec)
 from .scenarios import TIMEOUT_INSTALL, Scenario
 
 MIRROR = os.environ.get("EXITRD_VM_MIRROR", "http://deb.debian.org/debian")
@@ -385,17 +386,24 @@ def chroot_install(s: Scenario, rf: Path, tmp: Path, deb: Path | None, deb_var: 
     return root
 
 
+# Bump when what live_medium() leaves in its stage changes meaning (2: the squashfs kept
+# beside the medium's disk, for live_fetch).
+LIVE_RECIPE = 2
+
+
 @functools.cache
 def live_medium(s: Scenario, deb: Path | None) -> Path:
     """A live system's boot medium, built on the host as live-build does: the scenario's
     installer script runs in a chroot of a copy of the cached rootfs (own PID and mount
     namespaces, only /proc mounted) and installs live-boot, and the package when `deb` is
     given; the tree is squashed into live/filesystem.squashfs on an ext4 disk
-    (disk0.qcow2), the chroot's kernel and initrd beside it. The base stage (no package,
-    initrd-plain.img) and the pkg stage (initrd-exitrd.img) of a live scenario."""
+    (disk0.qcow2), the chroot's kernel and initrd beside it, and the squashfs kept as
+    medium/live/filesystem.squashfs too (what a live_fetch scenario serves over HTTP). The
+    base stage (no package, initrd-plain.img) and the pkg stage (initrd-exitrd.img) of a
+    live scenario."""
     rf = rootfs(s.release, s.extra_packages)
     deb_sha = sha256_file(deb) if deb else None
-    key = key_of("live", rf.name, MIRROR, s.installer, guest_text(s.installer),
+    key = key_of("live", LIVE_RECIPE, rf.name, MIRROR, s.installer, guest_text(s.installer),
                  s.initramfs_conf, deb_sha)
     stage = "pkg" if deb else "base"
 
@@ -416,7 +424,6 @@ def live_medium(s: Scenario, deb: Path | None) -> Path:
             stdout=subprocess.DEVNULL)
         run(["qemu-img", "convert", "-O", "qcow2", img, tmp / "disk0.qcow2"])
         img.unlink()
-        shutil.rmtree(medium)
         shutil.rmtree(root)
         msg = (f"chroot {t1 - t0:.0f} s, mksquashfs {t2 - t1:.0f} s, "
                f"squashfs {size_m - 64} MiB")
@@ -456,6 +463,14 @@ def nfs_of(s: Scenario, export: Path, test: bool = False,
     if not test:
         return Nfs(export)
     return Nfs(export, stop_on=s.nfs_stop_on_control if control else s.nfs_stop_on)
+
+
+def http_of(s: Scenario, src: Path) -> Http | None:
+    """How a boot of a live_fetch scenario gets its squashfs: from the medium stage `src`'s
+    copy (live_medium), over HTTP."""
+    if not s.live_fetch:
+        return None
+    return Http(src / "medium")
 
 
 def nbd_of(s: Scenario, test: bool = False, control: bool = False) -> Nbd | None:

@@ -76,6 +76,7 @@ impl Fake {
                 devices: devices.into_iter().map(|d| (d.name.clone(), d)).collect(),
                 md_bitmap_files: Default::default(),
                 warnings: Vec::new(),
+                unreachable_loop_files: Default::default(),
             },
             clock: Duration::ZERO,
             step_cost: Duration::from_millis(100),
