@@ -202,6 +202,17 @@ pub fn plan_command(root: &PathBuf, json: bool, exitrd_view: bool) -> i32 {
     0
 }
 
+/// `--repair`: rebuilds /run/initramfs from the installed files, saying how it went.
+fn repair_run_initramfs() {
+    match crate::payload::prepare_installed(
+        Path::new(crate::payload::PAYLOAD_BUILDER),
+        Path::new("/run/initramfs"),
+    ) {
+        Ok(summary) => eprintln!("exitrd: repaired: {summary}"),
+        Err(e) => eprintln!("exitrd: repair failed: {e}"),
+    }
+}
+
 /// `exitrd status --pivot-only [--repair]`: exitrd.service at boot. Only what the pivot
 /// needs, from the mount table and two ELF notes: the whole check, which reads sysfs and
 /// the builder's files, is exitrd-report.service's job, off the boot's critical path.
@@ -225,13 +236,7 @@ pub fn pivot_status_command(root: &Path, repair: bool) -> i32 {
     };
     let Some(mut checks) = check() else { return 2 };
     if repair && live && checks.iter().any(|c| !c.ok) {
-        match crate::payload::prepare_installed(
-            Path::new(crate::payload::PAYLOAD_BUILDER),
-            Path::new("/run/initramfs"),
-        ) {
-            Ok(summary) => eprintln!("exitrd: repaired: {summary}"),
-            Err(e) => eprintln!("exitrd: repair failed: {e}"),
-        }
+        repair_run_initramfs();
         let Some(again) = check() else { return 2 };
         checks = again;
     }
@@ -281,14 +286,7 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool, boot_rep
             .any(|c| !c.ok && (c.name == "exec-mount" || c.name == "payload"))
     };
     if repair && live && repairable(&s) {
-        let target = std::path::Path::new("/run/initramfs");
-        match crate::payload::prepare_installed(
-            std::path::Path::new(crate::payload::PAYLOAD_BUILDER),
-            target,
-        ) {
-            Ok(summary) => eprintln!("exitrd: repaired: {summary}"),
-            Err(e) => eprintln!("exitrd: repair failed: {e}"),
-        }
+        repair_run_initramfs();
         match status::check(root, when) {
             Ok(again) => s = again,
             Err(e) => {
