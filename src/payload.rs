@@ -192,11 +192,12 @@ fn check_shutdown(payload: &Path) -> io::Result<PathBuf> {
 }
 
 /// Where the payload's binary is found again under its build ID:
-/// `/run/initramfs/.build-id/<ID>/exitrd`, a hard link (no copy) to it. exitrd.service
-/// names the installed binary's ID in its `ExecSearchPath=` (the package writes it in
-/// when it is built), so at boot systemd starts the check from this copy in RAM when it
-/// is that very build, and from `/usr/sbin` otherwise: reading 2 MiB of a cold binary
-/// through the root's storage stack was most of the unit's time under emulation.
+/// `/run/initramfs/.build-id/<ID>/exitrd`, a hard link (no copy) to it. The package's
+/// units name the installed binary's ID (written in when the package is built):
+/// exitrd.service runs only when this link is missing (nothing to repair otherwise), and
+/// exitrd-report.service's `ExecSearchPath=` starts the check from this copy in RAM when
+/// it is that very build, from `/usr/sbin` otherwise: reading 2 MiB of a cold binary
+/// through the root's storage stack was most of a unit's time under emulation.
 pub const BUILD_ID_DIR: &str = ".build-id";
 
 /// Links `binary` (inside the new tmpfs `dir`) as `dir/.build-id/<ID>/exitrd`. A binary

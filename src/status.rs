@@ -300,8 +300,12 @@ fn pivot_checks(root: &Path, mounts: &[Mount], when: When) -> Pivot {
     //    silently skips the exitrd.
     let own = mount_at(mounts, "/run/initramfs");
     let run = mount_at(mounts, "/run");
+    // A noexec mount holding this build's payload is one exitrd.service's conditions do
+    // not see (it runs only when the mount or the payload is missing), so restarting the
+    // unit would change nothing there: prepare mounts a new tmpfs.
+    let noexec = own.is_some_and(|m| has_option(m, "noexec"));
     let (ok, detail) = match own {
-        Some(m) if has_option(m, "noexec") => (false, "/run/initramfs is mounted noexec".to_string()),
+        Some(_) if noexec => (false, "/run/initramfs is mounted noexec".to_string()),
         Some(m) => (true, format!("/run/initramfs is its own {} mount, executable", m.fstype)),
         None if run.is_some_and(|r| has_option(r, "noexec")) => (
             false,
@@ -313,7 +317,7 @@ fn pivot_checks(root: &Path, mounts: &[Mount], when: When) -> Pivot {
         name: "exec-mount",
         ok,
         detail,
-        fix: (!ok).then(|| PREPARE.to_string()),
+        fix: (!ok).then(|| if noexec { "exitrd prepare" } else { PREPARE }.to_string()),
     });
 
     // 2. shutdown is there, executable, and is exitrd of the installed version.
@@ -713,6 +717,23 @@ mod tests {
             "{checks:?}"
         );
         assert!(checks[0].fix.as_deref().unwrap().contains("exitrd.service"));
+        // Its own mount, but noexec: exitrd.service would not run again for it (its
+        // conditions see a mount holding this build's payload), so the fix is prepare's.
+        let own_noexec = format!("{exec}4 2 0:23 / /run/initramfs rw,noexec - tmpfs exitrd rw\n");
+        fs::write(r.join("proc/self/mountinfo"), own_noexec).unwrap();
+        let checks = check_pivot(&r, When::Fixture).unwrap();
+        assert_eq!(
+            (
+                checks[0].ok,
+                checks[0].detail.as_str(),
+                checks[0].fix.as_deref()
+            ),
+            (
+                false,
+                "/run/initramfs is mounted noexec",
+                Some("exitrd prepare")
+            )
+        );
     }
 
     #[test]

@@ -246,8 +246,11 @@ scenario(releases=("bookworm",), in_suite=False,
 # payload's copy in RAM (by the package's build ID), issue 12.5.
 DRACUT_UNIT_EXE = ("harness: exitrd-report.service ran: "
                    "EXITRD_BINARY=/run/initramfs/.build-id/*/exitrd")
+# exitrd.service's conditions: the payload of this build in place, no process started.
+EXITRD_UNIT_SKIPPED = ("harness: exitrd.service: ActiveState=inactive ConditionResult=no "
+                       "LoadState=loaded")
 DRACUT_STATUS = (
-    "harness: status exit 0", "harness: status: exitrd status: ready*",
+    "harness: status exit 0", "harness: status: exitrd status: ready*", EXITRD_UNIT_SKIPPED,
     "harness: status:   [ok] dracut builds the initramfs; exitrd's dracut module adds the "
     "payload to its images; dracut's own shutdown (dracut-shutdown.service) stands aside",
     "harness: dracut-shutdown.service: *ConditionResult=no*", DRACUT_UNIT_EXE)
@@ -270,7 +273,7 @@ scenario(name="lvm-luks-md-dracut", builder="dracut", **LVM_LUKS_MD,
                          DRACUT_UNMOUNTED, "dracut: Disassembling mdraid devices."),
          control_fails=("exitrd inventory line", "closed (by exitrd or the kernel)",
                         "log has 'harness: status exit 0'", f"log lacks '{DRACUT_UNMOUNTED}'",
-                        f"log has '{DRACUT_UNIT_EXE}'"))
+                        f"log has '{DRACUT_UNIT_EXE}'", f"log has '{EXITRD_UNIT_SKIPPED}'"))
 # One of dracut's hard cases (dracut-ng #2254): / directly on LUKS, unlocked by
 # systemd-cryptsetup in dracut's systemd initrd. No dracut module asks for its shutdown,
 # so dracut-shutdown.service unpacks nothing and systemd never pivots: the mapping stays
@@ -535,7 +538,8 @@ scenario(
     name="install-running", **LVM_LUKS_MD, kernel_lines=(MD0_STOPPED,),
     media="base+deb", test_extra="install-running.sh", timeout_test=1200,
     expect=("harness: status before poweroff: exit 0", 'harness: status:   "ready": true,',
-            'harness: status:   "payload_version": "*",'),
+            'harness: status:   "payload_version": "*",',
+            "harness: exitrd.service: ActiveState=active ConditionResult=yes LoadState=loaded"),
     control_fails=("log has 'harness: status before poweroff: exit 0'",
                    f"kernel logged '{MD0_STOPPED}'"),
 )

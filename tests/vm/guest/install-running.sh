@@ -22,6 +22,9 @@ else
 	while IFS= read -r line; do log "dpkg: $line"; done </run/dpkg.out
 	[ "${rc:-0}" = 0 ] || { log "FAIL: dpkg -i (exit $rc)"; exit 1; }
 fi
+# The package started exitrd.service, and its conditions let it run: /run/initramfs held
+# no payload (this boot's initramfs carried none).
+log "exitrd.service: $(systemctl show -p LoadState -p ActiveState -p ConditionResult exitrd.service | sort | paste -s -d ' ' -)"
 rc=0
 : >/run/status.json
 if command -v exitrd >/dev/null; then

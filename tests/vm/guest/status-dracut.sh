@@ -25,6 +25,9 @@ while command -v exitrd >/dev/null && [ -z "$exe" ] && [ "$i" -lt 150 ]; do
 	i=$((i + 1))
 done
 log "exitrd-report.service ran: ${exe% }"
+# exitrd.service stood aside too: the pre-pivot hook had left this build's payload on its
+# own mount, so its conditions held it back and no process started (issue 12.5).
+log "exitrd.service: $(systemctl show -p LoadState -p ActiveState -p ConditionResult exitrd.service | sort | paste -s -d ' ' -)"
 log "dracut-shutdown.service: $(systemctl show -p ActiveState -p ConditionResult dracut-shutdown.service | tr '\n' ' ')"
 if [ -e /run/initramfs/.need_shutdown ]; then
 	log "dracut: /run/initramfs/.need_shutdown is set"
