@@ -857,7 +857,8 @@ def notes(res: dict) -> str:
                       f"({m(ex['runinitramfs_uptime_kib']):.0f} KiB) in a tmpfs for the whole uptime, "
                       "dracut keeps nothing until shutdown. That is the design: nothing is read from "
                       "/boot or unpacked at shutdown, so a missing /boot, a full /run or a broken "
-                      "image cannot stop the teardown; the price is under 2 MiB of RAM, and the "
+                      "image cannot stop the teardown; the price is "
+                      f"{m(ex['runinitramfs_uptime_kib']) / 1024:.1f} MiB of RAM, and the "
                       "shutdown peak is far below dracut's")
     if m(ex["init_bottom_exitrd_ms"]) or m(ex["prepare_ms"]):
         pre = f"`exitrd prepare` takes {ms(ex['prepare_ms'])} by its own count in init-bottom"
@@ -869,7 +870,7 @@ def notes(res: dict) -> str:
         def unit_cost(x: dict) -> str:
             # Boots where the unit's conditions held it back started no process.
             if x.get("unit_skipped") == x["n"]:
-                return f"stood aside in {x['n']} of {x['n']} boots (no process)"
+                return f"stood aside in all {x['n']} boots (no process)"
             said = f"started in {ms(x['unit_start_ms'])}"
             if x.get("unit_skipped"):
                 said += f" where it ran, and stood aside in {x['unit_skipped']} of {x['n']} boots"
@@ -918,7 +919,10 @@ def notes(res: dict) -> str:
         n.append("Run again in the booted system (`guest/measure.sh`, five rounds, the median; "
                  "each command timed with `date` around it, so each figure carries the same "
                  "start-up of `date`): "
-                 f"`exitrd status` {ms(ex['cmd_status_ms'])}, the payload binary's `--version` "
+                 f"`exitrd status` {ms(ex['cmd_status_ms'])}"
+                 + (f", `exitrd status --pivot-only` {ms(ex['cmd_pivot_ms'])}"
+                    if m(ex.get("cmd_pivot_ms")) is not None else "")
+                 + f", the payload binary's `--version` "
                  f"{ms(ex['cmd_version_ms'])} (exitrd status started it to learn the payload's "
                  "version until it compared the payload with itself, now by build ID), "
                  f"`/bin/true` {ms(ex['cmd_true_ms'])}.")
