@@ -533,18 +533,30 @@ scenario(
 
 # The administrator's side (issue 5): installed on a running system, the package makes
 # the very next shutdown go through the exitrd without a reboot (exitrd.service repairs
-# /run/initramfs from the installed files); with no payload in the initramfs and the
-# unit masked, 'exitrd status' must say so and exit 1.
+# /run/initramfs from the installed files); the same boot then plays an upgrade (an
+# older exitrd in /run/initramfs, the postinst's restart of the unit: its conditions let
+# it run and it repairs). With no payload in the initramfs and the unit masked,
+# 'exitrd status' must say so and exit 1 (status-not-ready).
 scenario(
     name="install-running", **LVM_LUKS_MD, kernel_lines=(MD0_STOPPED,),
     media="base+deb", test_extra="install-running.sh", timeout_test=1200,
     expect=("harness: status before poweroff: exit 0", 'harness: status:   "ready": true,',
             'harness: status:   "payload_version": "*",',
-            "harness: exitrd.service: ActiveState=active ConditionResult=yes LoadState=loaded"),
+            "harness: exitrd.service: ActiveState=active ConditionResult=yes LoadState=loaded",
+            # The upgrade path: an older payload, then the postinst's restart repairs it.
+            "harness: upgrade: older payload: pivot check exit 1",
+            "harness: upgrade: older payload: exitrd: [!!] /run/initramfs/shutdown is exitrd "
+            "0.0.1, but * is installed",
+            "harness: upgrade: exitrd.service: ActiveState=active ConditionResult=yes "
+            "LoadState=loaded",
+            "harness: upgrade: after the restart: pivot check exit 0"),
     control_fails=("log has 'harness: status before poweroff: exit 0'",
                    f"kernel logged '{MD0_STOPPED}'",
                    "log has 'harness: exitrd.service: ActiveState=active ConditionResult=yes "
-                   "LoadState=loaded'"),
+                   "LoadState=loaded'",
+                   "log has 'harness: upgrade: exitrd.service: ActiveState=active "
+                   "ConditionResult=yes LoadState=loaded'",
+                   "log has 'harness: upgrade: after the restart: pivot check exit 0'"),
 )
 scenario(
     name="status-not-ready", **{**LVM_LUKS_MD, "closed": (), "closed_by_exitrd": ()},

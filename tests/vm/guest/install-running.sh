@@ -22,9 +22,12 @@ else
 	while IFS= read -r line; do log "dpkg: $line"; done </run/dpkg.out
 	[ "${rc:-0}" = 0 ] || { log "FAIL: dpkg -i (exit $rc)"; exit 1; }
 fi
+unit_state() {
+	systemctl show -p LoadState -p ActiveState -p ConditionResult exitrd.service | sort | paste -s -d ' ' -
+}
 # The package started exitrd.service, and its conditions let it run: /run/initramfs held
 # no payload (this boot's initramfs carried none).
-log "exitrd.service: $(systemctl show -p LoadState -p ActiveState -p ConditionResult exitrd.service | sort | paste -s -d ' ' -)"
+log "exitrd.service: $(unit_state)"
 rc=0
 : >/run/status.json
 if command -v exitrd >/dev/null; then
@@ -35,3 +38,29 @@ else
 fi
 log "status before poweroff: exit $rc"
 while IFS= read -r line; do log "status: $line"; done </run/status.json
+
+# The upgrade path: /run/initramfs holds an older exitrd on its own mount (as after an
+# upgrade, until a new initramfs is booted) and the package's postinst restarts
+# exitrd.service. Its conditions (no payload of the installed build ID) must let it run,
+# and its repair must put the installed build back before this boot's poweroff.
+pivot_check() {
+	rc=0
+	exitrd status --pivot-only >/run/pivot.txt 2>&1 || rc=$?
+	log "upgrade: $1: pivot check exit $rc"
+	while IFS= read -r line; do log "upgrade: $1: $line"; done </run/pivot.txt
+}
+if command -v exitrd >/dev/null; then
+	older=/run/exitrd-older
+	mkdir -p "$older"
+	printf '#!/bin/sh\necho "exitrd 0.0.1"\n' >"$older/exitrd"
+	chmod 0755 "$older/exitrd"
+	ln -sf exitrd "$older/shutdown"
+	exitrd prepare --payload "$older" >/run/older.out 2>&1 ||
+		log "FAIL: the older payload not prepared: $(cat /run/older.out)"
+	pivot_check "older payload"
+	systemctl restart exitrd.service || log "upgrade: systemctl restart exitrd.service failed"
+	log "upgrade: exitrd.service: $(unit_state)"
+	pivot_check "after the restart"
+else
+	log "upgrade: exitrd is not installed"
+fi
