@@ -202,6 +202,30 @@ pub fn plan_command(root: &PathBuf, json: bool, exitrd_view: bool) -> i32 {
     0
 }
 
+/// Whether `journal_stream` (systemd's `$JOURNAL_STREAM`, "DEVICE:INODE" in decimal) names
+/// the file with `dev` and `ino`.
+fn is_journal_stream(journal_stream: Option<&str>, dev: u64, ino: u64) -> bool {
+    journal_stream
+        .and_then(|v| v.split_once(':'))
+        .is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
+}
+
+/// The journal's warning priority, `<4>`, for a line on stderr when stderr is the journal
+/// (a unit's output: systemd sets `$JOURNAL_STREAM` to its device and inode); nothing on
+/// an admin's terminal, where the prefix would be printed as it is.
+fn warning_prefix() -> &'static str {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return "";
+    };
+    let env = std::env::var("JOURNAL_STREAM").ok();
+    if is_journal_stream(env.as_deref(), stderr.dev(), stderr.ino()) {
+        "<4>"
+    } else {
+        ""
+    }
+}
+
 /// `--repair`: rebuilds /run/initramfs from the installed files, saying how it went.
 fn repair_run_initramfs() {
     match crate::payload::prepare_installed(
@@ -247,10 +271,10 @@ pub fn pivot_status_command(root: &Path, repair: bool) -> i32 {
     if failed.is_empty() {
         return 0;
     }
-    // <4> is the journal's warning priority for a unit's stderr.
+    let prefix = warning_prefix();
     for c in &failed {
         eprintln!(
-            "<4>exitrd: WARNING: the next shutdown will NOT pivot into exitrd: {}{}",
+            "{prefix}exitrd: WARNING: the next shutdown will NOT pivot into exitrd: {}{}",
             c.detail,
             c.fix
                 .as_deref()
@@ -310,7 +334,6 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool, boot_rep
         status::print_human(&s);
     }
     if !s.ready && (repair || boot_report) {
-        // <4> is the journal's warning priority for a unit's stderr.
         let reasons: Vec<&str> = s
             .checks
             .iter()
@@ -318,7 +341,8 @@ pub fn status_command(root: &std::path::Path, json: bool, repair: bool, boot_rep
             .map(|c| c.detail.as_str())
             .collect();
         eprintln!(
-            "<4>exitrd: WARNING: the next shutdown will NOT take the storage stack apart: {}",
+            "{}exitrd: WARNING: the next shutdown will NOT take the storage stack apart: {}",
+            warning_prefix(),
             reasons.join("; ")
         );
     }
@@ -405,6 +429,18 @@ pub fn check_hook_command(root: &std::path::Path, hooks: &[PathBuf]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The warning's journal priority only where stderr is the journal stream systemd names.
+    #[test]
+    fn the_journal_stream_is_recognised_by_device_and_inode() {
+        assert!(is_journal_stream(Some("8:12345"), 8, 12345));
+        assert!(!is_journal_stream(Some("8:12345"), 8, 12346));
+        assert!(!is_journal_stream(Some("9:12345"), 8, 12345));
+        assert!(!is_journal_stream(None, 8, 12345));
+        assert!(!is_journal_stream(Some(""), 0, 0));
+        assert!(!is_journal_stream(Some("8"), 8, 0));
+        assert!(!is_journal_stream(Some("x:y"), 0, 0));
+    }
 
     /// At boot: the boot id is remembered and the textfile written, below the root.
     #[test]

@@ -547,6 +547,11 @@ scenario(
             "harness: upgrade: older payload: pivot check exit 1",
             "harness: upgrade: older payload: exitrd: [!!] /run/initramfs/shutdown is exitrd "
             "0.0.1, but * is installed",
+            # The warning: plain on a file or terminal, at warning priority in the journal.
+            "harness: upgrade: older payload: exitrd: WARNING: the next shutdown will NOT "
+            "pivot into exitrd: /run/initramfs/shutdown is exitrd 0.0.1, but *",
+            "harness: upgrade: journal warning: exitrd: WARNING: the next shutdown will NOT "
+            "pivot into exitrd: /run/initramfs/shutdown is exitrd 0.0.1, but *",
             "harness: upgrade: exitrd.service: ActiveState=active ConditionResult=yes "
             "LoadState=loaded",
             "harness: upgrade: after the restart: pivot check exit 0"),
@@ -556,7 +561,10 @@ scenario(
                    "LoadState=loaded'",
                    "log has 'harness: upgrade: exitrd.service: ActiveState=active "
                    "ConditionResult=yes LoadState=loaded'",
-                   "log has 'harness: upgrade: after the restart: pivot check exit 0'"),
+                   "log has 'harness: upgrade: after the restart: pivot check exit 0'",
+                   "log has 'harness: upgrade: journal warning: exitrd: WARNING: the next "
+                   "shutdown will NOT pivot into exitrd: /run/initramfs/shutdown is exitrd "
+                   "0.0.1, but *'"),
 )
 scenario(
     name="status-not-ready", **{**LVM_LUKS_MD, "closed": (), "closed_by_exitrd": ()},
