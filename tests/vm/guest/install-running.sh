@@ -58,14 +58,14 @@ if command -v exitrd >/dev/null; then
 	exitrd prepare --payload "$older" >/run/older.out 2>&1 ||
 		log "FAIL: the older payload not prepared: $(cat /run/older.out)"
 	pivot_check "older payload"
-	# The same check with its stderr in the journal, as a unit runs it: the warning
-	# carries the journal's warning priority there (and no "<4>" on a terminal, above).
-	systemd-run --quiet --wait --unit=exitrd-older-check -p StandardError=journal \
-		/usr/sbin/exitrd status --pivot-only >/dev/null 2>&1 || :
+	# The same check with its output in the journal, as a unit's is (systemd-cat sets
+	# $JOURNAL_STREAM as systemd does for a unit; this guest has no D-Bus for systemd-run):
+	# the warning carries the journal's warning priority there, and no "<4>" on a file.
+	systemd-cat -t exitrd-older-check /usr/sbin/exitrd status --pivot-only || :
 	i=0
 	warning=
 	while [ -z "$warning" ] && [ "$i" -lt 25 ]; do
-		warning=$(journalctl -b -q -u exitrd-older-check -p warning -o cat | grep -m 1 WARNING) || :
+		warning=$(journalctl -b -q -t exitrd-older-check -p warning -o cat | grep -m 1 WARNING) || :
 		[ -n "$warning" ] || sleep 0.2
 		i=$((i + 1))
 	done
