@@ -370,6 +370,29 @@ EXPORT {{
     FSAL {{ Name = VFS; }}
 }}
 """
+
+
+def pid_in(d: Path, what: str) -> int | None:
+    """The pid a server's launcher wrote to d/<what>.pid, or None."""
+    try:
+        return int((d / f"{what}.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stop_servers(d: Path, names: tuple[str, ...], last: signal.Signals) -> None:
+    """Ends each server whose pid is in d/<name>.pid: SIGCONT first (a frozen one would
+    not act on the signal), then `last`."""
+    for what in names:
+        pid = pid_in(d, what)
+        if pid:
+            for sig in (signal.SIGCONT, last):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+
+
 # Runs in the new namespaces, then becomes qemu ("$@"): the servers' pids go to files in
 # the run folder, from where the harness freezes (fault runs) and ends them.
 NFS_LAUNCHER = """set -eu
@@ -403,12 +426,6 @@ def nfs_export(nfs: Nfs, rundir: Path, name: str):
     prefix = ["unshare", "--net", "--mount", "--propagation", "private",
               "env", f"NFS_DIR={d}", "sh", str(d / "launcher.sh")]
 
-    def pid_of(what: str) -> int | None:
-        try:
-            return int((d / f"{what}.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
     say(f"boot {name}: {nfs.export} served over NFSv3 by nfs-ganesha (log {d}/ganesha.log)")
     # rw: mounted read-write by the initramfs, as diskless machines run (no fstab entry
     # for / that systemd would remount it by).
@@ -416,17 +433,10 @@ def nfs_export(nfs: Nfs, rundir: Path, name: str):
     # xdr_free for NFSACL_SETACL": every chmod on the root was an I/O error).
     extra = f"boot=nfs nfsroot={NFS_SERVER_ADDR}:{nfs.export},noacl ip=dhcp rw"
     try:
-        with frozen_at(nfs.stop_on, rundir, name, lambda: pid_of("ganesha"), "NFS"):
+        with frozen_at(nfs.stop_on, rundir, name, lambda: pid_in(d, "ganesha"), "NFS"):
             yield ["-nic", "user,model=virtio-net-pci"], extra, prefix
     finally:
-        for what in ("ganesha", "rpcbind"):
-            pid = pid_of(what)
-            if pid:
-                for sig in (signal.SIGCONT, signal.SIGKILL):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        break
+        stop_servers(d, ("ganesha", "rpcbind"), signal.SIGKILL)
 
 
 # iSCSI roots (Scenario.iscsi_root): tgt's user-space target (tgtd) serves the first
@@ -483,29 +493,16 @@ def iscsi_export(image: Path, rundir: Path, name: str, iscsi: Iscsi):
     extra = (f"ip=dhcp iscsi_target_name={ISCSI_IQN} iscsi_target_ip={NFS_SERVER_ADDR} "
              f"iscsi_target_port={ISCSI_PORT}")
 
-    def pid_of(what: str) -> int | None:
-        try:
-            return int((d / f"{what}.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
     say(f"boot {name}: {image.name} served as an iSCSI LUN by tgtd (log {d}/tgtd.log)")
     try:
-        with frozen_at(iscsi.stop_on, rundir, name, lambda: pid_of("tgtd"), "iSCSI"):
+        with frozen_at(iscsi.stop_on, rundir, name, lambda: pid_in(d, "tgtd"), "iSCSI"):
             yield net, extra, prefix, pcap
     finally:
-        for what in ("tgtd", "qsd"):
-            pid = pid_of(what)
-            if pid:
-                for sig in (signal.SIGCONT, signal.SIGTERM):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        break
+        stop_servers(d, ("tgtd", "qsd"), signal.SIGTERM)
         # qemu-storage-daemon flushes the overlay as it ends (SIGTERM); the FUSE mount
         # went with the namespace.
         t0 = time.monotonic()
-        while (pid := pid_of("qsd")) and time.monotonic() - t0 < 20:
+        while (pid := pid_in(d, "qsd")) and time.monotonic() - t0 < 20:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
@@ -556,11 +553,7 @@ def http_export(http: Http, rundir: Path, name: str):
     try:
         yield ["-nic", "user,model=virtio-net-pci"], extra, prefix
     finally:
-        try:
-            pid = int((d / "http.pid").read_text().split()[0])
-            os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
+        stop_servers(d, ("http",), signal.SIGKILL)
 
 
 @dataclasses.dataclass
